@@ -1,0 +1,394 @@
+//! Aggregation: events into [`Observations`], the unit the agent ships and
+//! `analyze` merges.
+//!
+//! The hot path is one statement execution: hash the raw text, find its
+//! masked shape in a bounded cache (masking runs once per distinct raw
+//! text, not once per line), then record into the per-(shape, database,
+//! user) statistics. Every map here has a cap; past it, statements fold into
+//! the `<other>` shape and the overflow is counted.
+
+use crate::events::{Event, Sessionizer};
+use crate::logparse::{LogEntry, ParseStats};
+use crate::mask::mask_into;
+use crate::plan;
+use querywatch_wire::names::OVERFLOW_TEXT;
+use querywatch_wire::observations::{LockKey, LockStats};
+use querywatch_wire::stats::{EpochMillis, PlanSample, StatementStats};
+use querywatch_wire::{Observations, StatementKey};
+use rustc_hash::{FxHashMap, FxHasher};
+use std::hash::{Hash, Hasher};
+
+/// Limits and filters of an [`Aggregator`].
+#[derive(Clone, Debug)]
+pub struct AggregatorConfig {
+    /// Distinct statement shapes tracked (per database and user).
+    pub max_shapes: usize,
+    /// Raw statement texts remembered with their shape (masking cache).
+    pub max_raw_texts: usize,
+    /// Distinct lock-wait groups tracked.
+    pub max_locks: usize,
+    /// Sessions tracked for line pairing.
+    pub max_sessions: usize,
+    /// Longest statement text kept per session for pairing.
+    pub max_text: usize,
+    /// Only entries at or after this time (entries without time are kept).
+    pub since: Option<EpochMillis>,
+    /// Only entries before this time.
+    pub until: Option<EpochMillis>,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            max_shapes: 20_000,
+            max_raw_texts: 100_000,
+            max_locks: 10_000,
+            max_sessions: crate::events::DEFAULT_MAX_SESSIONS,
+            max_text: crate::logparse::DEFAULT_ENTRY_CAP,
+            since: None,
+            until: None,
+        }
+    }
+}
+
+type ShapeId = u32;
+type NameId = u32;
+
+/// Interns strings up to a cap; past it everything maps to the overflow id.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: FxHashMap<String, u32>,
+    list: Vec<String>,
+}
+
+impl Interner {
+    fn get_or_insert(&mut self, s: &str, cap: usize) -> Option<u32> {
+        if let Some(id) = self.ids.get(s) {
+            return Some(*id);
+        }
+        if self.list.len() >= cap {
+            return None;
+        }
+        let id = u32::try_from(self.list.len()).ok()?;
+        self.ids.insert(s.to_owned(), id);
+        self.list.push(s.to_owned());
+        Some(id)
+    }
+}
+
+/// Events of one log stream (or one interval) into [`Observations`].
+#[derive(Debug)]
+pub struct Aggregator {
+    cfg: AggregatorConfig,
+    sessionizer: Sessionizer,
+    /// Hash of raw statement text → shape.
+    raw: FxHashMap<u64, ShapeId>,
+    shapes: Interner,
+    overflow_shape: Option<ShapeId>,
+    names: Interner,
+    stats: FxHashMap<(ShapeId, NameId, NameId), StatementStats>,
+    /// A waiting pid's lock group, so its `acquired` report lands in it too.
+    waiting: FxHashMap<u32, LockKey>,
+    obs: Observations,
+    mask_buf: String,
+    plan_buf: String,
+}
+
+impl Aggregator {
+    pub fn new(cfg: AggregatorConfig) -> Self {
+        Aggregator {
+            sessionizer: Sessionizer::new(cfg.max_sessions, cfg.max_text),
+            cfg,
+            raw: FxHashMap::default(),
+            shapes: Interner::default(),
+            overflow_shape: None,
+            names: Interner::default(),
+            stats: FxHashMap::default(),
+            waiting: FxHashMap::default(),
+            obs: Observations::default(),
+            mask_buf: String::new(),
+            plan_buf: String::new(),
+        }
+    }
+
+    /// Folds one log entry in.
+    pub fn entry(&mut self, entry: &LogEntry<'_>) {
+        if let Some(t) = entry.timestamp {
+            if self.cfg.since.is_some_and(|s| t < s) || self.cfg.until.is_some_and(|u| t >= u) {
+                return;
+            }
+            self.obs.first_seen = Some(self.obs.first_seen.map_or(t, |f| f.min(t)));
+            self.obs.last_seen = Some(self.obs.last_seen.map_or(t, |l| l.max(t)));
+        }
+        // The sessionizer borrows itself mutably while events flow out, so
+        // the event handler works on the rest of the aggregator.
+        let mut sessionizer = std::mem::replace(&mut self.sessionizer, Sessionizer::new(0, 0));
+        let class = sessionizer.process(entry, &mut |event| self.event(event));
+        self.sessionizer = sessionizer;
+        *self.obs.classes.entry(class).or_default() += 1;
+    }
+
+    fn event(&mut self, event: Event<'_>) {
+        match event {
+            Event::Statement { ctx, duration, text } => {
+                let shape = self.shape(&text);
+                let key = self.key(shape, ctx.database, ctx.user);
+                let masked = &self.shapes.list[key.0 as usize];
+                self.stats.entry(key).or_default().record_call(duration, ctx.timestamp, masked);
+                if Some(shape) == self.overflow_shape {
+                    self.obs.overflow_calls += 1;
+                }
+            }
+            Event::Plan { ctx, duration, body } => {
+                let Ok(split) = plan::split_auto_explain(body) else {
+                    *self.obs.classes.entry("plan_unparsed").or_default() += 1;
+                    return;
+                };
+                let mut masked_plan = std::mem::take(&mut self.plan_buf);
+                masked_plan.clear();
+                if plan::mask_plan(&split.plan, split.format, &mut masked_plan).is_ok() {
+                    let shape = self.shape(&split.query_text);
+                    let key = self.key(shape, ctx.database, ctx.user);
+                    self.stats.entry(key).or_default().record_plan(PlanSample {
+                        duration,
+                        timestamp: ctx.timestamp,
+                        format: match split.format {
+                            plan::PlanFormat::Json => "json",
+                            plan::PlanFormat::Text => "text",
+                        },
+                        plan: masked_plan.clone(),
+                    });
+                } else {
+                    *self.obs.classes.entry("plan_unparsed").or_default() += 1;
+                }
+                self.plan_buf = masked_plan;
+            }
+            Event::Error { ctx, sqlstate, message, statement } => {
+                let state = sqlstate.as_ref().map_or("?????", |s| s.as_str());
+                match statement {
+                    Some(text) => {
+                        let shape = self.shape(text);
+                        let key = self.key(shape, ctx.database, ctx.user);
+                        let msg = mask_message(message);
+                        self.stats.entry(key).or_default().record_error(state, &msg, ctx.timestamp);
+                    }
+                    None => *self.obs.unattributed_errors.entry(state.to_owned()).or_default() += 1,
+                }
+            }
+            Event::LockWait { ctx, acquired, waiter_pid, mode, object, wait, statement, blocker, .. } => {
+                let key = if acquired {
+                    self.waiting.remove(&waiter_pid)
+                } else {
+                    None
+                };
+                let key = key.unwrap_or_else(|| LockKey {
+                    database: ctx.database.to_owned(),
+                    waiter: statement.map(|s| self.masked_text(s)).unwrap_or_default(),
+                    blocker: blocker.map(|s| self.masked_text(s)).unwrap_or_default(),
+                    mode: mode.to_owned(),
+                    object: lock_object(object),
+                });
+                if !acquired {
+                    if self.waiting.len() >= self.cfg.max_sessions {
+                        self.waiting.clear();
+                    }
+                    self.waiting.insert(waiter_pid, key.clone());
+                }
+                if let Some(stats) = self.lock_stats(key) {
+                    stats.max_wait = stats.max_wait.max(wait);
+                    if acquired {
+                        stats.acquired += 1;
+                        stats.acquired_wait += wait;
+                    } else {
+                        stats.waits += 1;
+                    }
+                }
+            }
+            Event::Deadlock { ctx, statements } => {
+                let text = |i: usize, this: &mut Self| {
+                    statements.get(i).map(|(_, s)| this.masked_text(s)).unwrap_or_default()
+                };
+                let key = LockKey {
+                    database: ctx.database.to_owned(),
+                    waiter: text(0, self),
+                    blocker: text(1, self),
+                    mode: "deadlock".to_owned(),
+                    object: String::new(),
+                };
+                if let Some(stats) = self.lock_stats(key) {
+                    stats.deadlocks += 1;
+                }
+            }
+            Event::TempFile { ctx, bytes, statement } => match statement {
+                Some(text) => {
+                    let shape = self.shape(text);
+                    let key = self.key(shape, ctx.database, ctx.user);
+                    self.stats.entry(key).or_default().record_temp_file(bytes, ctx.timestamp);
+                }
+                None => {
+                    self.obs.unattributed_temp_files += 1;
+                    self.obs.unattributed_temp_bytes += bytes;
+                }
+            },
+        }
+    }
+
+    fn lock_stats(&mut self, key: LockKey) -> Option<&mut LockStats> {
+        if !self.obs.locks.contains_key(&key) && self.obs.locks.len() >= self.cfg.max_locks {
+            self.obs.overflow_locks += 1;
+            return None;
+        }
+        Some(self.obs.locks.entry(key).or_default())
+    }
+
+    fn masked_text(&mut self, raw: &str) -> String {
+        let id = self.shape(raw);
+        self.shapes.list[id as usize].clone()
+    }
+
+    /// The shape id of a raw statement text, masking it only when unseen.
+    fn shape(&mut self, raw: &str) -> ShapeId {
+        let mut h = FxHasher::default();
+        raw.hash(&mut h);
+        let hash = h.finish();
+        if let Some(id) = self.raw.get(&hash) {
+            return *id;
+        }
+        self.mask_buf.clear();
+        mask_into(raw, &mut self.mask_buf);
+        let id = match self.shapes.get_or_insert(&self.mask_buf, self.cfg.max_shapes) {
+            Some(id) => id,
+            None => self.overflow(),
+        };
+        if self.raw.len() >= self.cfg.max_raw_texts {
+            // A cache, not state: dropping it only costs re-masking.
+            self.raw.clear();
+        }
+        self.raw.insert(hash, id);
+        id
+    }
+
+    fn overflow(&mut self) -> ShapeId {
+        if let Some(id) = self.overflow_shape {
+            return id;
+        }
+        // One slot past the cap is reserved for the overflow shape.
+        let id = self.shapes.get_or_insert(OVERFLOW_TEXT, usize::MAX).unwrap_or(0);
+        self.overflow_shape = Some(id);
+        id
+    }
+
+    fn key(&mut self, shape: ShapeId, database: &str, user: &str) -> (ShapeId, NameId, NameId) {
+        // Databases and users are few; the cap only guards against garbage.
+        let db = self.names.get_or_insert(database, 100_000).unwrap_or(0);
+        let user = self.names.get_or_insert(user, 100_000).unwrap_or(0);
+        (shape, db, user)
+    }
+
+    /// Everything aggregated so far, with the parser's counters.
+    pub fn finish(mut self, parse: &ParseStats) -> Observations {
+        let mut obs = std::mem::take(&mut self.obs);
+        for ((shape, db, user), stats) in self.stats.drain() {
+            let key = StatementKey {
+                database: self.names.list[db as usize].clone(),
+                user: self.names.list[user as usize].clone(),
+                text: self.shapes.list[shape as usize].clone(),
+            };
+            obs.statements.insert(key, stats);
+        }
+        obs.input.bytes += parse.bytes;
+        obs.input.lines += parse.lines;
+        obs.input.entries += parse.entries;
+        obs.input.unparsed += parse.unparsed;
+        obs.input.truncated += parse.truncated;
+        obs.input.invalid_utf8 += parse.invalid_utf8;
+        obs.input.unattributed_durations += self.sessionizer.stats().unattributed_durations;
+        obs
+    }
+}
+
+/// Words after which PostgreSQL quotes an object name, not a value.
+const NAME_WORDS: &[&str] = &[
+    "relation", "constraint", "column", "table", "index", "schema", "function", "type", "sequence", "view",
+    "database", "role", "extension", "trigger", "operator", "cursor", "statement", "portal", "tablespace",
+    "collation", "domain", "publication", "subscription", "server", "policy", "rule",
+];
+
+/// Masks an error message: literals as in SQL, and double-quoted text
+/// unless PostgreSQL put an object name there (`relation "t"`). Messages
+/// like `invalid input syntax for type integer: "abc"` quote the value.
+pub fn mask_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        let before = &rest[..open];
+        let Some(len) = rest[open + 1..].find('"') else { break };
+        let quoted = &rest[open + 1..open + 1 + len];
+        let prev_word = before.trim_end().rsplit(' ').next().unwrap_or("");
+        let mut masked_before = String::new();
+        mask_into(before, &mut masked_before);
+        out.push_str(&masked_before);
+        if !before.is_empty() && before.ends_with(' ') {
+            out.push(' ');
+        }
+        if NAME_WORDS.contains(&prev_word) {
+            out.push('"');
+            out.push_str(quoted);
+            out.push('"');
+        } else {
+            out.push_str("\"?\"");
+        }
+        rest = &rest[open + 2 + len..];
+    }
+    let mut tail = String::new();
+    mask_into(rest, &mut tail);
+    if !tail.is_empty() && rest.starts_with(' ') && !out.is_empty() {
+        out.push(' ');
+    }
+    out.push_str(&tail);
+    out
+}
+
+/// Lock objects without the numbers that differ on every wait: transaction
+/// ids and tuple positions go, relation and database OIDs stay (they say
+/// which table).
+fn lock_object(object: &str) -> String {
+    if object.starts_with("transaction ") {
+        return "transaction".to_owned();
+    }
+    if object.starts_with("virtual transaction ") {
+        return "virtual transaction".to_owned();
+    }
+    if object.starts_with("advisory lock") {
+        return "advisory lock".to_owned();
+    }
+    if let Some(rest) = object.strip_prefix("tuple ")
+        && let Some(i) = rest.find(" of ")
+    {
+        return format!("tuple{}", &rest[i..]);
+    }
+    object.to_owned()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_objects_lose_per_wait_numbers() {
+        assert_eq!(lock_object("transaction 740"), "transaction");
+        assert_eq!(lock_object("tuple (0,1) of relation 16384 of database 5"), "tuple of relation 16384 of database 5");
+        assert_eq!(lock_object("relation 16384 of database 5"), "relation 16384 of database 5");
+    }
+
+    #[test]
+    fn error_messages_keep_names_and_lose_values() {
+        let m = mask_message("duplicate key value violates unique constraint \"t_pkey\"");
+        assert!(m.contains("\"t_pkey\""), "{m}");
+        let m = mask_message("invalid input syntax for type integer: \"zqzq\"");
+        assert!(!m.contains("zqzq"), "{m}");
+        let m = mask_message("value 123456 out of range for type integer");
+        assert!(!m.contains("123456"), "{m}");
+    }
+}

@@ -1,0 +1,531 @@
+//! From log entries to events: statement executions with their duration,
+//! auto_explain plans, errors, lock waits, deadlocks, temp files, and the
+//! message classes that are only counted.
+//!
+//! This is where lines of one backend session are paired, which needs a
+//! session key (`%c` or `%p` in the prefix; csvlog/jsonlog always have it):
+//! - extended protocol: `parse` and `bind` durations are added to the next
+//!   `execute` of the session; one `execute` is one call, as in
+//!   pg_stat_statements;
+//! - `log_duration = on` with `log_statement`: a bare `duration: X ms` is
+//!   tied to the statement text the session logged just before.
+//!
+//! Without a session key neither pairing is possible: such durations are
+//! counted as unattributed instead of being guessed. Session state is
+//! bounded (`max_sessions`); what is evicted is counted.
+
+use crate::logparse::{LogEntry, SessionKey, Severity, SqlState};
+use querywatch_wire::stats::EpochMillis;
+use rustc_hash::FxHashMap;
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// Who and when, common to every event.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx<'e> {
+    pub timestamp: Option<EpochMillis>,
+    pub database: &'e str,
+    pub user: &'e str,
+    pub pid: Option<u32>,
+}
+
+/// Something that happened, in the vocabulary of the report.
+#[derive(Debug)]
+pub enum Event<'e> {
+    /// One execution of a statement (raw text: mask before it leaves).
+    Statement { ctx: Ctx<'e>, duration: Duration, text: Cow<'e, str> },
+    /// An auto_explain entry: the body after `plan:` (raw).
+    Plan { ctx: Ctx<'e>, duration: Duration, body: &'e str },
+    /// ERROR, FATAL or PANIC.
+    Error { ctx: Ctx<'e>, sqlstate: Option<SqlState>, message: &'e str, statement: Option<&'e str> },
+    /// `still waiting for …` (acquired = false) or `acquired … after` (true).
+    LockWait {
+        ctx: Ctx<'e>,
+        acquired: bool,
+        waiter_pid: u32,
+        mode: &'e str,
+        object: &'e str,
+        wait: Duration,
+        holders: Vec<u32>,
+        statement: Option<&'e str>,
+        /// Last statement seen from the first holder, when known.
+        blocker: Option<&'e str>,
+    },
+    /// `deadlock detected`, with each involved process's statement.
+    Deadlock { ctx: Ctx<'e>, statements: Vec<(u32, &'e str)> },
+    TempFile { ctx: Ctx<'e>, bytes: u64, statement: Option<&'e str> },
+}
+
+/// Message classes counted per entry (a stable, small vocabulary).
+pub mod class {
+    pub const DURATION: &str = "duration";
+    pub const STATEMENT: &str = "statement";
+    pub const PLAN: &str = "plan";
+    pub const ERROR: &str = "error";
+    pub const LOCK_WAIT: &str = "lock_wait";
+    pub const DEADLOCK: &str = "deadlock";
+    pub const TEMP_FILE: &str = "temp_file";
+    pub const CONNECTION: &str = "connection";
+    pub const DISCONNECTION: &str = "disconnection";
+    pub const CHECKPOINT: &str = "checkpoint";
+    pub const AUTOVACUUM: &str = "autovacuum";
+    pub const WARNING: &str = "warning";
+    pub const OTHER: &str = "other";
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    /// Statement text logged by `log_statement`, waiting for its duration.
+    pending_text: Option<String>,
+    /// parse/bind time waiting for its `execute`.
+    pre_exec: Duration,
+    /// The last statement this session ran (for naming lock blockers).
+    last_statement: Option<String>,
+}
+
+/// Counters of what the sessionizer could not pair.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub unattributed_durations: u64,
+    pub evicted_sessions: u64,
+}
+
+/// Turns entries into events, keeping the per-session state pairing needs.
+#[derive(Debug)]
+pub struct Sessionizer {
+    sessions: FxHashMap<SessionKey, Session>,
+    /// pid → session key, to find a lock holder's session.
+    pids: FxHashMap<u32, SessionKey>,
+    max_sessions: usize,
+    max_text: usize,
+    stats: SessionStats,
+}
+
+/// Default bound on sessions tracked at once.
+pub const DEFAULT_MAX_SESSIONS: usize = 20_000;
+
+impl Sessionizer {
+    pub fn new(max_sessions: usize, max_text: usize) -> Self {
+        Sessionizer {
+            sessions: FxHashMap::default(),
+            pids: FxHashMap::default(),
+            max_sessions,
+            max_text,
+            stats: SessionStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// Classifies one entry, calls `sink` with its event if it has one, and
+    /// returns its message class.
+    pub fn process<'e, F: FnMut(Event<'_>)>(&mut self, entry: &'e LogEntry<'e>, sink: &mut F) -> &'static str {
+        let ctx = Ctx {
+            timestamp: entry.timestamp,
+            database: entry.database.as_deref().unwrap_or(""),
+            user: entry.user.as_deref().unwrap_or(""),
+            pid: entry.pid,
+        };
+        let msg: &str = &entry.message;
+        let severity = entry.severity.unwrap_or(Severity::Log);
+        if severity.is_error() {
+            let statement = entry.statement.as_deref();
+            sink(Event::Error { ctx, sqlstate: entry.sqlstate, message: msg, statement });
+            if msg.starts_with("deadlock detected") {
+                let statements = deadlock_statements(entry.detail.as_deref().unwrap_or(""));
+                sink(Event::Deadlock { ctx, statements });
+                return class::DEADLOCK;
+            }
+            return class::ERROR;
+        }
+        if severity != Severity::Log {
+            return if severity == Severity::Warning { class::WARNING } else { class::OTHER };
+        }
+        if let Some(rest) = msg.strip_prefix("duration: ") {
+            return self.duration(entry, ctx, rest, sink);
+        }
+        if let Some(text) = msg.strip_prefix("statement: ") {
+            self.remember_statement(entry, text);
+            return class::STATEMENT;
+        }
+        if let Some(rest) = msg.strip_prefix("execute ")
+            && let Some((_, text)) = rest.split_once(": ")
+        {
+            self.remember_statement(entry, text);
+            return class::STATEMENT;
+        }
+        if let Some(rest) = msg.strip_prefix("process ") {
+            return self.lock_message(entry, ctx, rest, sink);
+        }
+        if let Some(rest) = msg.strip_prefix("temporary file: path \"") {
+            let bytes = rest.rsplit_once(", size ").and_then(|(_, n)| n.trim().parse().ok()).unwrap_or(0);
+            sink(Event::TempFile { ctx, bytes, statement: entry.statement.as_deref() });
+            return class::TEMP_FILE;
+        }
+        if msg.starts_with("connection ") {
+            class::CONNECTION
+        } else if msg.starts_with("disconnection: ") {
+            if let Some(key) = entry.session_key() {
+                self.sessions.remove(&key);
+            }
+            class::DISCONNECTION
+        } else if msg.starts_with("checkpoint") || msg.starts_with("restartpoint") {
+            class::CHECKPOINT
+        } else if msg.starts_with("automatic vacuum") || msg.starts_with("automatic analyze") {
+            class::AUTOVACUUM
+        } else {
+            class::OTHER
+        }
+    }
+
+    fn session(&mut self, key: SessionKey, pid: Option<u32>) -> &mut Session {
+        if !self.sessions.contains_key(&key) && self.sessions.len() >= self.max_sessions {
+            // Bounded state: forget everything pending rather than grow.
+            // Rare (it needs more concurrent sessions than the bound), counted.
+            self.stats.evicted_sessions += self.sessions.len() as u64;
+            self.sessions.clear();
+            self.pids.clear();
+        }
+        if let Some(pid) = pid {
+            self.pids.insert(pid, key);
+        }
+        self.sessions.entry(key).or_default()
+    }
+
+    fn remember_statement(&mut self, entry: &LogEntry<'_>, text: &str) {
+        let Some(key) = entry.session_key() else { return };
+        let max = self.max_text;
+        let s = self.session(key, entry.pid);
+        s.pending_text = Some(bounded(text, max).to_owned());
+    }
+
+    fn duration<F: FnMut(Event<'_>)>(&mut self, entry: &LogEntry<'_>, ctx: Ctx<'_>, rest: &str, sink: &mut F) -> &'static str {
+        let Some((duration, after)) = parse_ms(rest) else { return class::OTHER };
+        let key = entry.session_key();
+        let max = self.max_text;
+        // `duration: X ms` then two spaces and what it measured, or nothing.
+        let what = after.strip_prefix("  ").unwrap_or(after);
+        if what.is_empty() {
+            // log_duration: pair with the session's pending statement text.
+            let pending = key.and_then(|k| self.session(k, entry.pid).pending_text.take());
+            match pending {
+                Some(text) => {
+                    if let Some(k) = key {
+                        self.session(k, entry.pid).last_statement = Some(text.clone());
+                    }
+                    sink(Event::Statement { ctx, duration, text: Cow::Owned(text) });
+                }
+                None => self.stats.unattributed_durations += 1,
+            }
+            return class::DURATION;
+        }
+        if let Some(text) = what.strip_prefix("statement: ") {
+            if let Some(k) = key {
+                let s = self.session(k, entry.pid);
+                // Anything left from parse/bind belonged to a statement that
+                // never executed (or whose execute was not logged).
+                if s.pre_exec > Duration::ZERO {
+                    s.pre_exec = Duration::ZERO;
+                    self.stats.unattributed_durations += 1;
+                }
+                self.session(k, entry.pid).last_statement = Some(bounded(text, max).to_owned());
+            }
+            sink(Event::Statement { ctx, duration, text: Cow::Borrowed(text) });
+            return class::DURATION;
+        }
+        if let Some(body) = what.strip_prefix("plan:") {
+            let body = body.strip_prefix('\n').unwrap_or(body);
+            sink(Event::Plan { ctx, duration, body });
+            return class::PLAN;
+        }
+        for phase in ["parse ", "bind "] {
+            if what.starts_with(phase) {
+                match key {
+                    Some(k) => self.session(k, entry.pid).pre_exec += duration,
+                    None => self.stats.unattributed_durations += 1,
+                }
+                return class::DURATION;
+            }
+        }
+        if let Some(rest) = what.strip_prefix("execute ")
+            && let Some((_, text)) = rest.split_once(": ")
+        {
+            let mut total = duration;
+            if let Some(k) = key {
+                let s = self.session(k, entry.pid);
+                total += std::mem::take(&mut s.pre_exec);
+                s.last_statement = Some(bounded(text, max).to_owned());
+            }
+            sink(Event::Statement { ctx, duration: total, text: Cow::Borrowed(text) });
+            return class::DURATION;
+        }
+        // e.g. `fastpath function call`: timed, but not a statement.
+        self.stats.unattributed_durations += 1;
+        class::DURATION
+    }
+
+    fn lock_message<F: FnMut(Event<'_>)>(&mut self, entry: &LogEntry<'_>, ctx: Ctx<'_>, rest: &str, sink: &mut F) -> &'static str {
+        // "N still waiting for MODE on OBJECT after X ms"
+        // "N acquired MODE on OBJECT after X ms"
+        let Some((pid, rest)) = rest.split_once(' ') else { return class::OTHER };
+        let Ok(waiter_pid) = pid.parse::<u32>() else { return class::OTHER };
+        let (acquired, rest) = if let Some(r) = rest.strip_prefix("still waiting for ") {
+            (false, r)
+        } else if let Some(r) = rest.strip_prefix("acquired ") {
+            (true, r)
+        } else {
+            return class::OTHER;
+        };
+        let Some((mode, rest)) = rest.split_once(" on ") else { return class::OTHER };
+        let Some((object, after)) = rest.rsplit_once(" after ") else { return class::OTHER };
+        let Some((wait, _)) = parse_ms(after) else { return class::OTHER };
+        let holders = entry.detail.as_deref().map(lock_holders).unwrap_or_default();
+        let blocker = holders
+            .first()
+            .and_then(|h| self.pids.get(h))
+            .and_then(|k| self.sessions.get(k))
+            .and_then(|s| s.last_statement.as_deref());
+        sink(Event::LockWait {
+            ctx,
+            acquired,
+            waiter_pid,
+            mode,
+            object,
+            wait,
+            holders,
+            statement: entry.statement.as_deref(),
+            blocker,
+        });
+        class::LOCK_WAIT
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn bounded(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Parses `123.456 ms` at the start of `s`; returns the duration and the rest.
+/// Integer arithmetic on the digits keeps sub-millisecond precision exact.
+pub fn parse_ms(s: &str) -> Option<(Duration, &str)> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut whole: u64 = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        whole = whole.checked_mul(10)?.checked_add(u64::from(b[i] - b'0'))?;
+        i += 1;
+    }
+    if i == 0 {
+        return None;
+    }
+    let mut nanos: u64 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let mut scale = 100_000; // first fractional digit of a millisecond, in ns
+        while i < b.len() && b[i].is_ascii_digit() {
+            nanos += u64::from(b[i] - b'0') * scale;
+            scale /= 10;
+            i += 1;
+        }
+    }
+    let rest = s[i..].strip_prefix(" ms")?;
+    Some((Duration::from_millis(whole) + Duration::from_nanos(nanos), rest))
+}
+
+/// Pids from `Process holding the lock: 1. Wait queue: …` or
+/// `Processes holding the lock: 1, 2. Wait queue: …`.
+fn lock_holders(detail: &str) -> Vec<u32> {
+    let Some(start) = detail.find("holding the lock: ") else { return Vec::new() };
+    let list = &detail[start + "holding the lock: ".len()..];
+    let list = list.split_once('.').map_or(list, |(l, _)| l);
+    list.split(',').filter_map(|p| p.trim().parse().ok()).collect()
+}
+
+/// `Process 123: UPDATE …` lines of a deadlock DETAIL.
+fn deadlock_statements(detail: &str) -> Vec<(u32, &str)> {
+    detail
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix("Process ")?;
+            let (pid, stmt) = rest.split_once(": ")?;
+            Some((pid.parse().ok()?, stmt))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn entry(pid: u32, msg: &str) -> LogEntry<'_> {
+        LogEntry {
+            pid: Some(pid),
+            severity: Some(Severity::Log),
+            database: Some("db".into()),
+            user: Some("u".into()),
+            message: msg.into(),
+            ..LogEntry::default()
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Stmt(Duration, String),
+        Plan(Duration),
+        Error(Option<String>),
+        Lock(bool, u32, Vec<u32>, Option<String>, Option<String>),
+        Deadlock(usize),
+        Temp(u64),
+    }
+
+    fn run(entries: &[LogEntry<'_>]) -> (Vec<Seen>, Vec<&'static str>, SessionStats) {
+        let mut s = Sessionizer::new(100, 1 << 20);
+        let mut seen = Vec::new();
+        let mut classes = Vec::new();
+        for e in entries {
+            let c = s.process(e, &mut |ev| {
+                seen.push(match ev {
+                    Event::Statement { duration, text, .. } => Seen::Stmt(duration, text.into_owned()),
+                    Event::Plan { duration, .. } => Seen::Plan(duration),
+                    Event::Error { statement, .. } => Seen::Error(statement.map(str::to_owned)),
+                    Event::LockWait { acquired, waiter_pid, holders, statement, blocker, .. } => Seen::Lock(
+                        acquired,
+                        waiter_pid,
+                        holders,
+                        statement.map(str::to_owned),
+                        blocker.map(str::to_owned),
+                    ),
+                    Event::Deadlock { statements, .. } => Seen::Deadlock(statements.len()),
+                    Event::TempFile { bytes, .. } => Seen::Temp(bytes),
+                })
+            });
+            classes.push(c);
+        }
+        (seen, classes, s.stats().clone())
+    }
+
+    fn ms(x: f64) -> Duration {
+        Duration::from_secs_f64(x / 1000.0)
+    }
+
+    #[test]
+    fn parses_durations_exactly() {
+        assert_eq!(parse_ms("0.123 ms  statement: x"), Some((Duration::from_micros(123), "  statement: x")));
+        assert_eq!(parse_ms("1500.000 ms"), Some((Duration::from_millis(1500), "")));
+        assert_eq!(parse_ms("12 ms"), Some((Duration::from_millis(12), "")));
+        assert_eq!(parse_ms("x ms"), None);
+        assert_eq!(parse_ms("1.5 s"), None);
+    }
+
+    #[test]
+    fn extended_protocol_is_one_call_with_all_phases() {
+        let (seen, _, stats) = run(&[
+            entry(1, "duration: 0.100 ms  parse <unnamed>: SELECT $1"),
+            entry(1, "duration: 0.200 ms  bind <unnamed>: SELECT $1"),
+            entry(2, "duration: 5.000 ms  statement: SELECT 2"),
+            entry(1, "duration: 0.300 ms  execute <unnamed>: SELECT $1"),
+            entry(1, "duration: 0.050 ms  bind P_1: SELECT $1"),
+            entry(1, "duration: 0.050 ms  execute P_1: SELECT $1"),
+        ]);
+        assert_eq!(
+            seen,
+            vec![
+                Seen::Stmt(ms(5.0), "SELECT 2".into()),
+                Seen::Stmt(ms(0.6), "SELECT $1".into()),
+                Seen::Stmt(ms(0.1), "SELECT $1".into()),
+            ]
+        );
+        assert_eq!(stats.unattributed_durations, 0);
+    }
+
+    #[test]
+    fn log_duration_pairs_with_the_session_statement() {
+        let (seen, _, stats) = run(&[
+            entry(1, "statement: SELECT 1"),
+            entry(2, "statement: SELECT 2"),
+            entry(2, "duration: 2.000 ms"),
+            entry(1, "duration: 1.000 ms"),
+            entry(1, "duration: 9.000 ms"),
+        ]);
+        assert_eq!(seen, vec![Seen::Stmt(ms(2.0), "SELECT 2".into()), Seen::Stmt(ms(1.0), "SELECT 1".into())]);
+        assert_eq!(stats.unattributed_durations, 1);
+    }
+
+    #[test]
+    fn no_session_key_means_no_guessing() {
+        let mut a = entry(1, "statement: SELECT 1");
+        a.pid = None;
+        let mut b = entry(1, "duration: 1.000 ms");
+        b.pid = None;
+        let (seen, _, stats) = run(&[a, b]);
+        assert!(seen.is_empty());
+        assert_eq!(stats.unattributed_durations, 1);
+    }
+
+    #[test]
+    fn lock_waits_name_holders_and_the_blocker_statement() {
+        let mut wait = entry(2, "process 2 still waiting for ShareLock on transaction 740 after 1000.072 ms");
+        wait.detail = Some("Process holding the lock: 1. Wait queue: 2.".into());
+        wait.statement = Some("UPDATE t SET v = 2 WHERE id = 1".into());
+        let (seen, classes, _) = run(&[
+            entry(1, "duration: 0.500 ms  statement: UPDATE t SET v = 1 WHERE id = 1"),
+            wait,
+            entry(2, "process 2 acquired ShareLock on transaction 740 after 2500.100 ms"),
+        ]);
+        assert_eq!(
+            seen[1],
+            Seen::Lock(
+                false,
+                2,
+                vec![1],
+                Some("UPDATE t SET v = 2 WHERE id = 1".into()),
+                Some("UPDATE t SET v = 1 WHERE id = 1".into())
+            )
+        );
+        assert!(matches!(seen[2], Seen::Lock(true, 2, _, None, _)));
+        assert_eq!(classes[1], class::LOCK_WAIT);
+    }
+
+    #[test]
+    fn errors_deadlocks_temp_files_plans_and_classes() {
+        let mut err = entry(3, "deadlock detected");
+        err.severity = Some(Severity::Error);
+        err.detail = Some(
+            "Process 3 waits for ShareLock on transaction 9; blocked by process 4.\nProcess 4 waits for ShareLock on transaction 8; blocked by process 3.\nProcess 3: UPDATE a SET x = 1\nProcess 4: UPDATE b SET x = 2".into(),
+        );
+        err.statement = Some("UPDATE a SET x = 1".into());
+        let mut temp = entry(3, "temporary file: path \"base/pgsql_tmp/pgsql_tmp3.0\", size 1400000");
+        temp.statement = Some("SELECT * FROM t ORDER BY 1".into());
+        let (seen, classes, _) = run(&[
+            err,
+            temp,
+            entry(3, "duration: 12.000 ms  plan:\nQuery Text: SELECT 1\nResult  (cost=0.00..0.01 rows=1 width=4)"),
+            entry(3, "connection authorized: user=u database=db"),
+            entry(3, "checkpoint starting: time"),
+            entry(3, "something else"),
+        ]);
+        assert_eq!(
+            seen,
+            vec![
+                Seen::Error(Some("UPDATE a SET x = 1".into())),
+                Seen::Deadlock(2),
+                Seen::Temp(1_400_000),
+                Seen::Plan(ms(12.0))
+            ]
+        );
+        assert_eq!(
+            classes,
+            vec![class::DEADLOCK, class::TEMP_FILE, class::PLAN, class::CONNECTION, class::CHECKPOINT, class::OTHER]
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The jsonlog format (PostgreSQL 15+): one JSON object per line, keys
+//! omitted when empty. PostgreSQL escapes newlines inside strings, so an
+//! entry is exactly one line.
+//!
+//! A line longer than the size cap cannot be parsed without holding all of
+//! it; it is skipped and counted as truncated (the design bounds memory by
+//! the cap, not by the longest line).
+
+use crate::logparse::ParseStats;
+use crate::logparse::entry::{LogEntry, Severity, SqlState};
+use crate::logparse::time::parse_timestamp;
+use serde::Deserialize;
+use std::borrow::Cow;
+
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    dbname: Option<Cow<'a, str>>,
+    pid: Option<u32>,
+    #[serde(borrow)]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    error_severity: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    state_code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    detail: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    hint: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    context: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    statement: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    application_name: Option<Cow<'a, str>>,
+    query_id: Option<i64>,
+}
+
+/// Parser state for one jsonlog stream.
+#[derive(Debug)]
+pub struct JsonParser {
+    cap: usize,
+    skip_line: bool,
+    base_line: u64,
+    stats: ParseStats,
+}
+
+impl JsonParser {
+    pub fn new(cap: usize) -> Self {
+        JsonParser { cap, skip_line: false, base_line: 0, stats: ParseStats::default() }
+    }
+
+    pub fn stats(&self) -> &ParseStats {
+        &self.stats
+    }
+
+    /// Parses the complete lines in `buf`; returns the bytes consumed.
+    pub fn parse<F: FnMut(LogEntry<'_>)>(&mut self, buf: &[u8], eof: bool, sink: &mut F) -> usize {
+        let mut pos = 0;
+        while pos < buf.len() {
+            let (end, next, complete) = match memchr::memchr(b'\n', &buf[pos..]) {
+                Some(i) => (pos + i, pos + i + 1, true),
+                None => (buf.len(), buf.len(), false),
+            };
+            let len = end - pos;
+            if !complete && !eof && len <= self.cap {
+                break;
+            }
+            if self.skip_line {
+                self.skip_line = !complete;
+            } else if len > self.cap {
+                self.stats.truncated += 1;
+                self.skip_line = !complete;
+            } else {
+                self.line(&buf[pos..end], self.base_line + 1, sink);
+            }
+            if complete || eof {
+                self.base_line += 1;
+                self.stats.lines += 1;
+            }
+            pos = next;
+        }
+        self.stats.bytes += pos as u64;
+        pos
+    }
+
+    fn line<F: FnMut(LogEntry<'_>)>(&mut self, line: &[u8], line_no: u64, sink: &mut F) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        match serde_json::from_slice::<Record<'_>>(line) {
+            Ok(rec) => self.emit(rec, line_no, false, sink),
+            Err(_) => {
+                // serde_json rejects invalid UTF-8; PostgreSQL writes the
+                // database encoding as is, so retry on a repaired copy.
+                let repaired = String::from_utf8_lossy(line);
+                if matches!(repaired, Cow::Borrowed(_)) {
+                    self.stats.unparsed += 1;
+                    return;
+                }
+                match serde_json::from_str::<Record<'_>>(&repaired) {
+                    Ok(rec) => self.emit(rec, line_no, true, sink),
+                    Err(_) => self.stats.unparsed += 1,
+                }
+            }
+        }
+    }
+
+    fn emit<F: FnMut(LogEntry<'_>)>(&mut self, rec: Record<'_>, line: u64, lossy: bool, sink: &mut F) {
+        let Some((timestamp, _)) = rec.timestamp.as_deref().and_then(|t| parse_timestamp(t.as_bytes())) else {
+            self.stats.unparsed += 1;
+            return;
+        };
+        let entry = LogEntry {
+            line,
+            timestamp: Some(timestamp),
+            pid: rec.pid,
+            session_id: rec.session_id,
+            user: rec.user,
+            database: rec.dbname,
+            application: rec.application_name,
+            severity: rec.error_severity.as_deref().and_then(|s| Severity::parse(s.as_bytes())),
+            sqlstate: rec.state_code.as_deref().and_then(|s| SqlState::parse(s.as_bytes())),
+            query_id: rec.query_id.filter(|q| *q != 0),
+            message: rec.message.unwrap_or_default(),
+            detail: rec.detail,
+            hint: rec.hint,
+            context: rec.context,
+            statement: rec.statement,
+            truncated: false,
+        };
+        self.stats.entries += 1;
+        self.stats.invalid_utf8 += u64::from(lossy);
+        sink(entry);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8], chunk: usize, cap: usize) -> (Vec<(u64, String, Option<String>)>, ParseStats) {
+        let mut p = JsonParser::new(cap);
+        let mut out = Vec::new();
+        let mut sink =
+            |e: LogEntry<'_>| out.push((e.line, e.message.into_owned(), e.statement.map(Cow::into_owned)));
+        let (mut start, mut end) = (0, 0);
+        loop {
+            end = (end + chunk).min(input.len());
+            let eof = end == input.len();
+            start += p.parse(&input[start..end], eof, &mut sink);
+            if eof {
+                break;
+            }
+        }
+        assert_eq!(start, input.len());
+        (out, p.stats().clone())
+    }
+
+    const JSON: &str = concat!(
+        r#"{"timestamp":"2026-11-24 09:00:00.001 UTC","user":"bob","dbname":"shop","pid":10,"session_id":"6743a0c6.a","error_severity":"LOG","message":"duration: 1.500 ms  statement: SELECT 'a\n\"q\"'","backend_type":"client backend","query_id":-5}"#,
+        "\n",
+        r#"{"timestamp":"2026-11-24 09:00:00.002 UTC","pid":11,"error_severity":"ERROR","state_code":"23505","message":"duplicate","statement":"INSERT INTO t VALUES (42)"}"#,
+        "\n"
+    );
+
+    #[test]
+    fn parses_records_and_unescapes() {
+        let (entries, stats) = run(JSON.as_bytes(), usize::MAX, 1 << 20);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].1, "duration: 1.500 ms  statement: SELECT 'a\n\"q\"'");
+        assert_eq!(entries[1], (2, "duplicate".to_owned(), Some("INSERT INTO t VALUES (42)".to_owned())));
+        assert_eq!(stats.lines, 2);
+    }
+
+    #[test]
+    fn chunking_truncation_and_garbage() {
+        let whole = run(JSON.as_bytes(), usize::MAX, 1 << 20);
+        assert_eq!(run(JSON.as_bytes(), 7, 1 << 20), whole);
+        let input = format!("{{\"timestamp\":\"{}\n{JSON}{{\"truncated", "x".repeat(10_000));
+        let (entries, stats) = run(input.as_bytes(), 100, 4096);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(stats.truncated, 1);
+        assert_eq!(stats.unparsed, 1);
+        assert_eq!(stats.lines, 4);
+    }
+
+    #[test]
+    fn invalid_utf8_is_repaired() {
+        let mut input = br#"{"timestamp":"2026-11-24 09:00:00.001 UTC","error_severity":"LOG","message":"x "#.to_vec();
+        input.extend_from_slice(&[0xff, b'"', b'}', b'\n']);
+        let (entries, stats) = run(&input, usize::MAX, 1 << 20);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(stats.invalid_utf8, 1);
+    }
+}

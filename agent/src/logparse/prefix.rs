@@ -1,0 +1,551 @@
+//! `log_line_prefix`: compile the setting, then match it against each line.
+//!
+//! Every escape PostgreSQL documents is understood (`%a %u %d %r %h %b %p %P
+//! %t %m %n %Q %i %e %c %l %s %v %x %q %%`, with padding such as `%-10u`).
+//! Fields with a fixed shape (pids, timestamps, SQLSTATE, session ids) are
+//! parsed by shape; free-text fields (user, database, application, host,
+//! backend type, command tag) extend to the next literal of the prefix, with
+//! bounded backtracking when a value happens to contain that literal. A
+//! match is only accepted when a severity label (`LOG:  `, `DETAIL:  `, …)
+//! follows, so `%q` (where non-session processes stop the prefix) is tried
+//! both ways.
+
+use crate::logparse::entry::{Secondary, Severity, SqlState};
+use crate::logparse::time::{parse_epoch, parse_timestamp};
+use memchr::memmem;
+use querywatch_wire::stats::EpochMillis;
+use std::ops::Range;
+
+/// An error in the `log_line_prefix` setting given to us.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PrefixError {
+    #[error("log_line_prefix {prefix:?}: unknown escape %{escape} at byte {at} (see PostgreSQL's log_line_prefix documentation)")]
+    UnknownEscape { prefix: String, escape: char, at: usize },
+    #[error("log_line_prefix {prefix:?} ends with a lone '%'")]
+    TrailingPercent { prefix: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Application,
+    User,
+    Database,
+    RemoteHostPort,
+    RemoteHost,
+    BackendType,
+    Pid,
+    LeaderPid,
+    Timestamp,
+    TimestampMs,
+    Epoch,
+    QueryId,
+    CommandTag,
+    SqlState,
+    SessionId,
+    SessionLine,
+    SessionStart,
+    Vxid,
+    Xid,
+}
+
+impl Field {
+    fn is_free_text(self) -> bool {
+        matches!(
+            self,
+            Field::Application
+                | Field::User
+                | Field::Database
+                | Field::RemoteHostPort
+                | Field::RemoteHost
+                | Field::BackendType
+                | Field::CommandTag
+                | Field::Vxid
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Item {
+    Literal(Vec<u8>),
+    Field { field: Field, pad: i32 },
+    /// `%q`: non-session processes end the prefix here.
+    StopUnlessSession,
+}
+
+/// What a matched prefix told us, as ranges into the line and parsed values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrefixFields {
+    pub timestamp: Option<EpochMillis>,
+    pub pid: Option<u32>,
+    pub user: Option<Range<usize>>,
+    pub database: Option<Range<usize>>,
+    pub application: Option<Range<usize>>,
+    pub session_id: Option<Range<usize>>,
+    pub sqlstate: Option<SqlState>,
+    pub query_id: Option<i64>,
+}
+
+/// The label that starts a message after the prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Label {
+    Primary(Severity),
+    Secondary(Secondary),
+}
+
+/// A matched line: prefix fields, the label and where the message text starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixMatch {
+    pub fields: PrefixFields,
+    pub label: Label,
+    pub message_start: usize,
+}
+
+/// A compiled `log_line_prefix`.
+#[derive(Clone, Debug)]
+pub struct Prefix {
+    source: String,
+    items: Vec<Item>,
+    finders: Vec<Option<memmem::Finder<'static>>>,
+}
+
+/// Free-text values longer than this are not considered when backtracking:
+/// it bounds the work per line on lines that do not match at all.
+const MAX_FREE_TEXT: usize = 512;
+/// Bounds backtracking per line (alternative split points tried).
+const MAX_STEPS: u32 = 256;
+
+impl Prefix {
+    /// Compiles a `log_line_prefix` value (as in postgresql.conf, unquoted).
+    pub fn compile(prefix: &str) -> Result<Prefix, PrefixError> {
+        let bytes = prefix.as_bytes();
+        let mut items: Vec<Item> = Vec::new();
+        let mut lit = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b != b'%' {
+                lit.push(b);
+                i += 1;
+                continue;
+            }
+            let at = i;
+            i += 1;
+            // Optional padding: -?digits
+            let mut pad: i32 = 0;
+            let neg = bytes.get(i) == Some(&b'-');
+            if neg {
+                i += 1;
+            }
+            while let Some(d) = bytes.get(i).filter(|d| d.is_ascii_digit()) {
+                pad = pad.saturating_mul(10).saturating_add(i32::from(d - b'0'));
+                i += 1;
+            }
+            if neg {
+                pad = -pad;
+            }
+            let Some(&esc) = bytes.get(i) else {
+                return Err(PrefixError::TrailingPercent { prefix: prefix.to_owned() });
+            };
+            i += 1;
+            let field = match esc {
+                b'%' => {
+                    lit.push(b'%');
+                    continue;
+                }
+                b'q' => None,
+                b'a' => Some(Field::Application),
+                b'u' => Some(Field::User),
+                b'd' => Some(Field::Database),
+                b'r' => Some(Field::RemoteHostPort),
+                b'h' => Some(Field::RemoteHost),
+                b'b' => Some(Field::BackendType),
+                b'p' => Some(Field::Pid),
+                b'P' => Some(Field::LeaderPid),
+                b't' => Some(Field::Timestamp),
+                b'm' => Some(Field::TimestampMs),
+                b'n' => Some(Field::Epoch),
+                b'Q' => Some(Field::QueryId),
+                b'i' => Some(Field::CommandTag),
+                b'e' => Some(Field::SqlState),
+                b'c' => Some(Field::SessionId),
+                b'l' => Some(Field::SessionLine),
+                b's' => Some(Field::SessionStart),
+                b'v' => Some(Field::Vxid),
+                b'x' => Some(Field::Xid),
+                other => {
+                    return Err(PrefixError::UnknownEscape {
+                        prefix: prefix.to_owned(),
+                        escape: char::from(other),
+                        at,
+                    });
+                }
+            };
+            if !lit.is_empty() {
+                items.push(Item::Literal(std::mem::take(&mut lit)));
+            }
+            items.push(match field {
+                Some(field) => Item::Field { field, pad },
+                None => Item::StopUnlessSession,
+            });
+        }
+        if !lit.is_empty() {
+            items.push(Item::Literal(lit));
+        }
+        let finders = items
+            .iter()
+            .map(|it| match it {
+                Item::Literal(l) => Some(memmem::Finder::new(l).into_owned()),
+                _ => None,
+            })
+            .collect();
+        Ok(Prefix { source: prefix.to_owned(), items, finders })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the prefix lets lines of one session be paired (`%c` or `%p`).
+    pub fn has_session(&self) -> bool {
+        self.items.iter().any(|i| {
+            matches!(i, Item::Field { field: Field::SessionId | Field::Pid, .. })
+        })
+    }
+
+    /// Whether the prefix carries a timestamp (`%t`, `%m` or `%n`).
+    pub fn has_time(&self) -> bool {
+        self.items.iter().any(|i| {
+            matches!(i, Item::Field { field: Field::Timestamp | Field::TimestampMs | Field::Epoch, .. })
+        })
+    }
+
+    /// Matches the prefix at the start of `line`, followed by a message label.
+    pub fn matches(&self, line: &[u8]) -> Option<PrefixMatch> {
+        let mut fields = PrefixFields::default();
+        let mut steps = 0;
+        let (label, message_start) = self.match_from(0, line, 0, &mut fields, &mut steps)?;
+        Some(PrefixMatch { fields, label, message_start })
+    }
+
+    fn match_from(
+        &self,
+        idx: usize,
+        line: &[u8],
+        pos: usize,
+        out: &mut PrefixFields,
+        steps: &mut u32,
+    ) -> Option<(Label, usize)> {
+        *steps += 1;
+        if *steps > MAX_STEPS {
+            return None;
+        }
+        let Some(item) = self.items.get(idx) else {
+            return label_at(line, pos);
+        };
+        match item {
+            Item::Literal(l) => {
+                if line[pos..].starts_with(l) {
+                    self.match_from(idx + 1, line, pos + l.len(), out, steps)
+                } else {
+                    None
+                }
+            }
+            Item::StopUnlessSession => self
+                .match_from(idx + 1, line, pos, out, steps)
+                .or_else(|| label_at(line, pos)),
+            Item::Field { field, pad } if field.is_free_text() => {
+                self.match_free_text(idx, *field, *pad, line, pos, out, steps)
+            }
+            Item::Field { field, pad } => {
+                let mut p = pos;
+                if *pad > 0 {
+                    while p < line.len() && line[p] == b' ' && p - pos < *pad as usize {
+                        p += 1;
+                    }
+                }
+                let (value, mut end) = shaped(*field, line, p)?;
+                if *pad < 0 {
+                    while end < line.len() && line[end] == b' ' && end - pos < pad.unsigned_abs() as usize {
+                        end += 1;
+                    }
+                }
+                let r = self.match_from(idx + 1, line, end, out, steps)?;
+                value.store(out);
+                Some(r)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn match_free_text(
+        &self,
+        idx: usize,
+        field: Field,
+        pad: i32,
+        line: &[u8],
+        pos: usize,
+        out: &mut PrefixFields,
+        steps: &mut u32,
+    ) -> Option<(Label, usize)> {
+        let limit = line.len().min(pos + MAX_FREE_TEXT);
+        let try_end = |end: usize, out: &mut PrefixFields, steps: &mut u32| {
+            let r = self.match_from(idx + 1, line, end, out, steps)?;
+            let mut range = pos..end;
+            if pad != 0 {
+                range = trim_spaces(line, range);
+            }
+            store_text(field, range, out);
+            Some(r)
+        };
+        match (self.items.get(idx + 1), self.finders.get(idx + 1)) {
+            // Followed by a literal: candidate ends are its occurrences.
+            (Some(Item::Literal(_)), Some(Some(finder))) => {
+                let mut from = pos;
+                while from <= limit {
+                    let hay = &line[from..limit];
+                    let off = finder.find(hay)?;
+                    if let Some(r) = try_end(from + off, out, steps) {
+                        return Some(r);
+                    }
+                    from += off + 1;
+                }
+                None
+            }
+            // Last item, or followed by a field or %q: every end is a candidate,
+            // shortest first (values are usually short).
+            _ => {
+                for end in pos..=limit {
+                    if let Some(r) = try_end(end, out, steps) {
+                        return Some(r);
+                    }
+                    if *steps > MAX_STEPS {
+                        return None;
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+enum Value {
+    Time(EpochMillis),
+    Pid(u32),
+    LeaderPid,
+    QueryId(i64),
+    SqlState(SqlState),
+    Session(Range<usize>),
+    Ignored,
+}
+
+impl Value {
+    fn store(self, out: &mut PrefixFields) {
+        match self {
+            Value::Time(t) => out.timestamp = Some(t),
+            Value::Pid(p) => out.pid = Some(p),
+            Value::QueryId(q) => out.query_id = Some(q),
+            Value::SqlState(s) => out.sqlstate = Some(s),
+            Value::Session(r) => out.session_id = Some(r),
+            Value::LeaderPid | Value::Ignored => {}
+        }
+    }
+}
+
+fn store_text(field: Field, range: Range<usize>, out: &mut PrefixFields) {
+    match field {
+        Field::User => out.user = Some(range),
+        Field::Database => out.database = Some(range),
+        Field::Application => out.application = Some(range),
+        _ => {}
+    }
+}
+
+fn trim_spaces(line: &[u8], mut r: Range<usize>) -> Range<usize> {
+    while r.start < r.end && line[r.start] == b' ' {
+        r.start += 1;
+    }
+    while r.end > r.start && line[r.end - 1] == b' ' {
+        r.end -= 1;
+    }
+    r
+}
+
+fn digit_run(line: &[u8], pos: usize) -> usize {
+    line[pos..].iter().take_while(|b| b.is_ascii_digit()).count()
+}
+
+/// Parses a fixed-shape field at `pos`; returns its value and end.
+fn shaped(field: Field, line: &[u8], pos: usize) -> Option<(Value, usize)> {
+    match field {
+        Field::Timestamp | Field::TimestampMs => {
+            let (t, n) = parse_timestamp(&line[pos..])?;
+            Some((Value::Time(t), pos + n))
+        }
+        Field::SessionStart => {
+            let (_, n) = parse_timestamp(&line[pos..])?;
+            Some((Value::Ignored, pos + n))
+        }
+        Field::Epoch => {
+            let (t, n) = parse_epoch(&line[pos..])?;
+            Some((Value::Time(t), pos + n))
+        }
+        Field::Pid => {
+            let n = digit_run(line, pos);
+            let pid = std::str::from_utf8(&line[pos..pos + n]).ok()?.parse().ok()?;
+            Some((Value::Pid(pid), pos + n))
+        }
+        // Empty unless the process is a parallel worker.
+        Field::LeaderPid => Some((Value::LeaderPid, pos + digit_run(line, pos))),
+        Field::SessionLine | Field::Xid => {
+            let n = digit_run(line, pos);
+            (n > 0).then_some((Value::Ignored, pos + n))
+        }
+        Field::QueryId => {
+            let neg = usize::from(line.get(pos) == Some(&b'-'));
+            let n = digit_run(line, pos + neg);
+            if n == 0 {
+                return None;
+            }
+            let q = std::str::from_utf8(&line[pos..pos + neg + n]).ok()?.parse().ok()?;
+            Some((Value::QueryId(q), pos + neg + n))
+        }
+        Field::SqlState => {
+            let s = SqlState::parse(line.get(pos..pos + 5)?)?;
+            Some((Value::SqlState(s), pos + 5))
+        }
+        Field::SessionId => {
+            // hex(start time) "." hex(pid)
+            let hex = |p: usize| line[p..].iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            let a = hex(pos);
+            if a == 0 || line.get(pos + a) != Some(&b'.') {
+                return None;
+            }
+            let b = hex(pos + a + 1);
+            if b == 0 {
+                return None;
+            }
+            let end = pos + a + 1 + b;
+            Some((Value::Session(pos..end), end))
+        }
+        _ => None,
+    }
+}
+
+/// Recognizes `LABEL:  ` at `pos` (PostgreSQL writes two spaces after the colon).
+pub fn label_at(line: &[u8], pos: usize) -> Option<(Label, usize)> {
+    let rest = &line[pos..];
+    let n = rest.iter().take(10).take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit()).count();
+    if n < 3 || rest.get(n) != Some(&b':') {
+        return None;
+    }
+    let word = &rest[..n];
+    let label = if let Some(s) = Severity::parse(word) {
+        Label::Primary(s)
+    } else {
+        Label::Secondary(Secondary::parse(word)?)
+    };
+    // Two spaces normally; be lenient about one (or none at end of line).
+    let mut start = pos + n + 1;
+    for _ in 0..2 {
+        if line.get(start) == Some(&b' ') {
+            start += 1;
+        }
+    }
+    Some((label, start))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn m(prefix: &str, line: &str) -> Option<PrefixMatch> {
+        Prefix::compile(prefix).unwrap().matches(line.as_bytes())
+    }
+
+    fn slice<'a>(line: &'a str, r: &Option<Range<usize>>) -> &'a str {
+        &line[r.clone().unwrap()]
+    }
+
+    #[test]
+    fn default_prefix() {
+        let line = "2026-11-24 09:01:10.123 UTC [4242] LOG:  duration: 0.050 ms  statement: SELECT 1";
+        let got = m("%m [%p] ", line).unwrap();
+        assert_eq!(got.fields.pid, Some(4242));
+        assert_eq!(got.label, Label::Primary(Severity::Log));
+        assert!(line[got.message_start..].starts_with("duration:"));
+    }
+
+    #[test]
+    fn pgbadger_style_prefix_with_user_db_app_client() {
+        let p = "%t [%p]: [%l-1] user=%u,db=%d,app=%a,client=%h ";
+        let line = "2026-11-24 09:01:10 UTC [77]: [3-1] user=alice,db=shop,app=psql, v2,client=[local] ERROR:  boom";
+        let got = m(p, line).unwrap();
+        assert_eq!(slice(line, &got.fields.user), "alice");
+        assert_eq!(slice(line, &got.fields.database), "shop");
+        assert_eq!(slice(line, &got.fields.application), "psql, v2");
+        assert_eq!(got.label, Label::Primary(Severity::Error));
+    }
+
+    #[test]
+    fn q_stops_for_background_processes() {
+        let p = "%m [%p] %q%u@%d/%a ";
+        let bg = "2026-11-24 09:01:10.123 UTC [99] LOG:  checkpoint starting: time";
+        let got = m(p, bg).unwrap();
+        assert_eq!(got.fields.user, None);
+        let fg = "2026-11-24 09:01:10.123 UTC [99] bob@db1/pgbench LOG:  duration: 1.000 ms  statement: x";
+        let got = m(p, fg).unwrap();
+        assert_eq!(slice(fg, &got.fields.user), "bob");
+        assert_eq!(slice(fg, &got.fields.database), "db1");
+        assert_eq!(slice(fg, &got.fields.application), "pgbench");
+    }
+
+    #[test]
+    fn session_sqlstate_queryid_and_padding() {
+        let p = "%m [%-6p] %c %e %Q %-8u|";
+        let line = "2026-11-24 09:01:10.123 UTC [81    ] 6743a0c6.51 23505 -4503404040451 bob     |ERROR:  duplicate key";
+        let got = m(p, line).unwrap();
+        assert_eq!(got.fields.pid, Some(81));
+        assert_eq!(slice(line, &got.fields.session_id), "6743a0c6.51");
+        assert_eq!(got.fields.sqlstate.unwrap().as_str(), "23505");
+        assert_eq!(got.fields.query_id, Some(-4503404040451));
+        assert_eq!(slice(line, &got.fields.user), "bob");
+    }
+
+    #[test]
+    fn prefix_without_time_or_pid() {
+        let p = "%u@%d ";
+        let line = "app@shop STATEMENT:  SELECT 1";
+        let got = m(p, line).unwrap();
+        assert_eq!(got.label, Label::Secondary(Secondary::Statement));
+        assert_eq!(slice(line, &got.fields.user), "app");
+        let pre = Prefix::compile(p).unwrap();
+        assert!(!pre.has_session() && !pre.has_time());
+    }
+
+    #[test]
+    fn adjacent_free_text_fields_backtrack() {
+        let got = m("%u%d:", "alicedb:LOG:  x").unwrap();
+        assert_eq!(got.label, Label::Primary(Severity::Log));
+    }
+
+    #[test]
+    fn continuation_and_foreign_lines_do_not_match() {
+        assert!(m("%m [%p] ", "\tAND x = 1").is_none());
+        assert!(m("%m [%p] ", "random text LOG:  no").is_none());
+        assert!(m("%m [%p] ", "").is_none());
+    }
+
+    #[test]
+    fn bad_prefixes_are_reported() {
+        assert!(matches!(Prefix::compile("%m %z"), Err(PrefixError::UnknownEscape { escape: 'z', .. })));
+        assert!(matches!(Prefix::compile("%m %"), Err(PrefixError::TrailingPercent { .. })));
+        assert_eq!(m("100%% %p ", "100% 12 LOG:  x").unwrap().fields.pid, Some(12));
+    }
+
+    #[test]
+    fn every_escape_compiles() {
+        let all = "%a %u %d %r %h %b %p %P %t %m %n %Q %i %e %c %l %s %v %x %q %%";
+        assert!(Prefix::compile(all).is_ok());
+    }
+}

@@ -1,0 +1,1 @@
+//! querywatch collector library.

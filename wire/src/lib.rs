@@ -1,0 +1,20 @@
+//! The contract the querywatch agent and collector share.
+//!
+//! Nothing here does I/O. The agent builds [`observations::Observations`] from
+//! what it reads on a node; the collector (live) and `querywatch analyze`
+//! (offline) merge them. Keeping the statistics types here means both sides
+//! agree on units and merge rules by construction:
+//!
+//! - [`names`] — OpenTelemetry attribute and metric names (one place for both binaries).
+//! - [`histogram`] — the latency histogram (HDR, microseconds, < 1% relative error).
+//! - [`stats`] — per-statement statistics and the slowest sample.
+//! - [`observations`] — everything one agent saw in one interval (or one log file).
+
+pub mod histogram;
+pub mod names;
+pub mod observations;
+pub mod stats;
+
+pub use histogram::LatencyHistogram;
+pub use observations::{Observations, StatementKey};
+pub use stats::{Sample, StatementStats};
