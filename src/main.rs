@@ -1,1 +1,42 @@
-fn main(){}
+//! `querywatch`: one binary for the PostgreSQL query observability tools.
+//!
+//! A thin shell over the library crates: it parses flags into a validated
+//! configuration and runs a subcommand. Errors reach the user through
+//! `anyhow` with a message that says how to fix them.
+
+mod analyze;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "querywatch",
+    version,
+    about = "Which PostgreSQL queries are slow, why, and where — from the logs and statistics of your own nodes.",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Analyze PostgreSQL log files offline into a report (pgbadger's job).
+    Analyze(analyze::AnalyzeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Analyze(args) => analyze::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("querywatch: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

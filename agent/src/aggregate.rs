@@ -319,6 +319,12 @@ const NAME_WORDS: &[&str] = &[
 /// like `invalid input syntax for type integer: "abc"` quote the value.
 pub fn mask_message(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
+    // stderr appends the error position to the message (csvlog/jsonlog keep
+    // it in a field of its own): drop it so every format says the same.
+    let message = match message.rsplit_once(" at character ") {
+        Some((head, pos)) if pos.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => message,
+    };
     let mut rest = message;
     while let Some(open) = rest.find('"') {
         let before = &rest[..open];
@@ -388,6 +394,8 @@ mod tests {
         assert!(m.contains("\"t_pkey\""), "{m}");
         let m = mask_message("invalid input syntax for type integer: \"zqzq\"");
         assert!(!m.contains("zqzq"), "{m}");
+        let m = mask_message("syntax error at or near \"SELEC\" at character 15");
+        assert_eq!(m, mask_message("syntax error at or near \"SELEC\""));
         let m = mask_message("value 123456 out of range for type integer");
         assert!(!m.contains("123456"), "{m}");
     }

@@ -1,0 +1,369 @@
+//! `querywatch analyze`: the agent's parser feeding the collector's store
+//! and report in one process — the live pipeline, offline.
+//!
+//! Files are processed in parallel (one per core); each becomes an
+//! `Observations` value bounded by the shape caps, and the store merges
+//! them. Memory therefore depends on the number of distinct statements,
+//! not on the size of the logs. Rotated sets are taken in name order.
+//!
+//! Pairing lines of one session (extended protocol, `log_duration`) works
+//! within a file; a session cut by rotation loses at most the pairing of
+//! the lines at the cut, which is counted as unattributed.
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use flate2::read::MultiGzDecoder;
+use indicatif::{ProgressBar, ProgressStyle};
+use querywatch_agent::aggregate::{Aggregator, AggregatorConfig};
+use querywatch_agent::logparse::{self, LogFormat, Parser, Prefix, time};
+use querywatch_collector::findings::{DetectorConfig, detect};
+use querywatch_collector::report::{Report, SortKey};
+use querywatch_collector::store::{Store, StoreConfig};
+use querywatch_wire::Observations;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum InputFormat {
+    /// Detect per file from its first lines (and name).
+    Auto,
+    Stderr,
+    Csvlog,
+    Jsonlog,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Sort {
+    Total,
+    Mean,
+    P99,
+    Calls,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  querywatch analyze /var/log/postgresql/postgresql-15-main.log\n  querywatch analyze --format json --top 0 'pg_log/postgresql-*.csv'\n  querywatch analyze --prefix '%t [%p]: user=%u,db=%d ' --since '2026-11-24 09:00' postgresql.log.1.gz")]
+pub struct AnalyzeArgs {
+    /// Log files, directories (their files, in name order) or glob patterns; `.gz` is read as gzip.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<String>,
+    /// Log format of the input.
+    #[arg(long = "log-format", value_enum, default_value = "auto")]
+    log_format: InputFormat,
+    /// The server's log_line_prefix, for stderr logs (default: recognize common prefixes).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Statements to list (0 = all).
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Order of the statements.
+    #[arg(long, value_enum, default_value = "total")]
+    sort: Sort,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: OutputFormat,
+    /// Only entries at or after this time ("YYYY-MM-DD[ HH:MM[:SS[.mmm]]][ UTC|+hh]").
+    #[arg(long)]
+    since: Option<String>,
+    /// Only entries before this time (same format as --since).
+    #[arg(long)]
+    until: Option<String>,
+    /// Files processed at once (default: one per core).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+    /// Longest log entry kept; longer entries are truncated and counted.
+    #[arg(long, default_value_t = logparse::DEFAULT_ENTRY_CAP)]
+    max_entry_bytes: usize,
+    /// Distinct statement shapes tracked per file; the rest fold into "<other>" (counted).
+    #[arg(long, default_value_t = 20_000)]
+    max_shapes: usize,
+    /// Never draw a progress bar (it is drawn only when stderr is a terminal).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Validated settings for one run.
+struct Settings {
+    files: Vec<PathBuf>,
+    format: Option<LogFormat>,
+    prefix: Option<Prefix>,
+    agg: AggregatorConfig,
+    cap: usize,
+}
+
+const CHUNK: usize = 4 << 20;
+
+pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
+    let settings = settings(&args)?;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build().context("starting worker threads")?;
+
+    let total_bytes: u64 = settings.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let progress = if !args.no_progress && std::io::stderr().is_terminal() {
+        let pb = ProgressBar::new(total_bytes);
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let results: Vec<(PathBuf, Result<Observations, FileError>)> = pool.install(|| {
+        settings.files.par_iter().map(|f| (f.clone(), analyze_file(f, &settings, &progress))).collect()
+    });
+    progress.finish_and_clear();
+
+    let mut store = Store::new(StoreConfig::default());
+    let mut readable = 0;
+    for (path, result) in results {
+        match result {
+            Ok(obs) => {
+                readable += 1;
+                store.ingest(obs);
+            }
+            Err(e) => {
+                eprintln!("querywatch: warning: {}: {e}", path.display());
+                let mut obs = Observations::default();
+                obs.input.unreadable_files = 1;
+                store.ingest(obs);
+            }
+        }
+    }
+    if readable == 0 {
+        bail!("none of the {} input file(s) could be read", settings.files.len());
+    }
+    let findings = detect(&store, &DetectorConfig::default());
+    let sort = match args.sort {
+        Sort::Total => SortKey::Total,
+        Sort::Mean => SortKey::Mean,
+        Sort::P99 => SortKey::P99,
+        Sort::Calls => SortKey::Calls,
+    };
+    let report = Report::build(&store, findings, sort, args.top, time::format_timestamp);
+    match args.format {
+        OutputFormat::Json => println!("{}", report.to_json()),
+        OutputFormat::Text => {
+            let width = terminal_size::terminal_size().map_or(120, |(w, _)| usize::from(w.0));
+            print!("{}", report.to_text(width));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn settings(args: &AnalyzeArgs) -> anyhow::Result<Settings> {
+    let prefix = match &args.prefix {
+        Some(p) => Some(Prefix::compile(p).context("--prefix")?),
+        None => None,
+    };
+    let format = match args.log_format {
+        InputFormat::Auto => None,
+        InputFormat::Stderr => Some(LogFormat::Stderr),
+        InputFormat::Csvlog => Some(LogFormat::Csv),
+        InputFormat::Jsonlog => Some(LogFormat::Json),
+    };
+    if args.max_entry_bytes < 1024 {
+        bail!("--max-entry-bytes {} is too small: use at least 1024", args.max_entry_bytes);
+    }
+    let agg = AggregatorConfig {
+        max_shapes: args.max_shapes.max(1),
+        max_text: args.max_entry_bytes,
+        since: args.since.as_deref().map(|s| parse_time(s, "--since")).transpose()?,
+        until: args.until.as_deref().map(|s| parse_time(s, "--until")).transpose()?,
+        ..AggregatorConfig::default()
+    };
+    Ok(Settings { files: expand_paths(&args.paths)?, format, prefix, agg, cap: args.max_entry_bytes })
+}
+
+/// Accepts `YYYY-MM-DD`, `YYYY-MM-DD HH:MM`, `YYYY-MM-DD HH:MM:SS[.mmm]`, each
+/// optionally followed by a zone as PostgreSQL writes it.
+fn parse_time(s: &str, flag: &str) -> anyhow::Result<i64> {
+    let s = s.trim();
+    let mut full = s.to_owned();
+    let date_only = s.len() == 10;
+    let no_seconds = s.len() >= 16 && s.as_bytes().get(16).is_none_or(|b| *b == b' ') && s.as_bytes()[13] == b':';
+    if date_only {
+        full.push_str(" 00:00:00");
+    } else if no_seconds {
+        full.insert_str(16, ":00");
+    }
+    match time::parse_timestamp(full.as_bytes()) {
+        Some((t, n)) if n == full.len() => Ok(t),
+        _ => bail!("{flag} {s:?}: expected a time like \"2026-11-24 09:00\" or \"2026-11-24 09:00:00.000 UTC\""),
+    }
+}
+
+/// Files, directories (their regular files, sorted) and globs, in order,
+/// without duplicates. In a directory that holds the same log in several
+/// formats (`x.log`, `x.csv`, `x.json`: log_destination with more than one
+/// target), only one format is taken so nothing is counted twice.
+fn expand_paths(paths: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let path = Path::new(p);
+        if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading directory {p}"))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|f| f.is_file())
+                .collect();
+            files.sort();
+            out.extend(one_format_per_log(files));
+        } else if path.exists() {
+            out.push(path.to_path_buf());
+        } else if p.contains(['*', '?', '[']) {
+            let mut files: Vec<PathBuf> = glob::glob(p)
+                .with_context(|| format!("bad glob pattern {p}"))?
+                .filter_map(Result::ok)
+                .filter(|f| f.is_file())
+                .collect();
+            if files.is_empty() {
+                bail!("no file matches {p}");
+            }
+            files.sort();
+            out.extend(files);
+        } else {
+            bail!("{p}: no such file or directory");
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|f| seen.insert(f.clone()));
+    Ok(out)
+}
+
+fn one_format_per_log(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    // stem → (rank, path); csvlog carries the most fields, then jsonlog.
+    let rank = |f: &Path| {
+        let name = f.to_string_lossy();
+        let name = name.strip_suffix(".gz").unwrap_or(&name);
+        if name.ends_with(".csv") {
+            0
+        } else if name.ends_with(".json") {
+            1
+        } else if name.ends_with(".log") {
+            2
+        } else {
+            3
+        }
+    };
+    let stem = |f: &Path| {
+        let name = f.to_string_lossy().into_owned();
+        let name = name.strip_suffix(".gz").unwrap_or(&name).to_owned();
+        for ext in [".csv", ".json", ".log"] {
+            if let Some(s) = name.strip_suffix(ext) {
+                return s.to_owned();
+            }
+        }
+        name
+    };
+    let mut best: BTreeMap<String, (u8, PathBuf)> = BTreeMap::new();
+    let mut dropped = Vec::new();
+    for f in files {
+        let (s, r) = (stem(&f), rank(&f));
+        match best.get(&s) {
+            Some((br, _)) if *br <= r => dropped.push(f),
+            Some(_) => {
+                if let Some((_, old)) = best.insert(s, (r, f)) {
+                    dropped.push(old);
+                }
+            }
+            None => {
+                best.insert(s, (r, f));
+            }
+        }
+    }
+    for d in &dropped {
+        eprintln!("querywatch: note: skipping {} (the same log in another format is read instead)", d.display());
+    }
+    best.into_values().map(|(_, p)| p).collect()
+}
+
+/// Why one file could not be analyzed.
+#[derive(Debug, thiserror::Error)]
+enum FileError {
+    #[error("cannot open: {0}")]
+    Open(std::io::Error),
+    #[error("read failed after {offset} bytes: {source}")]
+    Read { offset: u64, source: std::io::Error },
+}
+
+fn open(path: &Path) -> Result<Box<dyn Read + Send>, FileError> {
+    let mut f = File::open(path).map_err(FileError::Open)?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(FileError::Open)?;
+    let f = File::open(path).map_err(FileError::Open)?;
+    let gz = n == 2 && magic == [0x1f, 0x8b];
+    Ok(if gz { Box::new(MultiGzDecoder::new(f)) } else { Box::new(f) })
+}
+
+fn analyze_file(path: &Path, s: &Settings, progress: &ProgressBar) -> Result<Observations, FileError> {
+    let mut reader = open(path)?;
+    let mut buf = vec![0u8; CHUNK + s.cap];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut eof = false;
+    let mut read_total = 0u64;
+    // Fill the first chunk to detect the format and prefix.
+    while end < CHUNK && !eof {
+        let n = reader.read(&mut buf[end..CHUNK]).map_err(|e| FileError::Read { offset: read_total, source: e })?;
+        eof = n == 0;
+        end += n;
+        read_total += n as u64;
+        progress.inc(n as u64);
+    }
+    let name = path.to_string_lossy();
+    let format = s.format.unwrap_or_else(|| logparse::detect_format(&name, &buf[..end]));
+    let prefix = match (&s.prefix, format) {
+        (Some(p), _) => Some(p.clone()),
+        (None, LogFormat::Stderr) => {
+            let detected = logparse::detect_prefix(&buf[..end]);
+            if detected.is_none() && end > 0 {
+                eprintln!(
+                    "querywatch: warning: {name}: log_line_prefix not recognized from the first lines; \
+                     pass --prefix with the server's log_line_prefix (SHOW log_line_prefix)"
+                );
+            }
+            detected
+        }
+        _ => None,
+    };
+    // Only a bad --prefix could fail here, and that was checked up front.
+    let mut parser = Parser::new(format, prefix, s.cap).map_err(|e| FileError::Open(std::io::Error::other(e)))?;
+    let mut agg = Aggregator::new(s.agg.clone());
+    let mut sink = |e: logparse::LogEntry<'_>| agg.entry(&e);
+    loop {
+        let consumed = parser.parse(&buf[start..end], eof, &mut sink);
+        start += consumed;
+        if eof {
+            break;
+        }
+        // Keep the unconsumed tail, then read more behind it.
+        buf.copy_within(start..end, 0);
+        end -= start;
+        start = 0;
+        if end == buf.len() {
+            // The parsers consume anything over the cap, so this is a
+            // cap-sized entry plus a partial line: make room for one chunk.
+            buf.resize(buf.len() + CHUNK, 0);
+        }
+        let n = reader.read(&mut buf[end..]).map_err(|e| FileError::Read { offset: read_total, source: e })?;
+        progress.inc(n as u64);
+        read_total += n as u64;
+        end += n;
+        eof = n == 0;
+    }
+    drop(sink);
+    let mut obs = agg.finish(parser.stats());
+    obs.input.files = 1;
+    Ok(obs)
+}
