@@ -51,7 +51,9 @@ pub enum Sort {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  querywatch analyze /var/log/postgresql/postgresql-15-main.log\n  querywatch analyze --format json --top 0 'pg_log/postgresql-*.csv'\n  querywatch analyze --prefix '%t [%p]: user=%u,db=%d ' --since '2026-11-24 09:00' postgresql.log.1.gz")]
+#[command(
+    after_help = "Examples:\n  querywatch analyze /var/log/postgresql/postgresql-15-main.log\n  querywatch analyze --format json --top 0 'pg_log/postgresql-*.csv'\n  querywatch analyze --prefix '%t [%p]: user=%u,db=%d ' --since '2026-11-24 09:00' postgresql.log.1.gz"
+)]
 pub struct AnalyzeArgs {
     /// Log files, directories (their files, in name order) or glob patterns; `.gz` is read as gzip.
     #[arg(required = true, value_name = "PATH")]
@@ -111,17 +113,18 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let progress = if !args.no_progress && std::io::stderr().is_terminal() {
         let pb = ProgressBar::new(total_bytes);
         pb.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         pb
     } else {
         ProgressBar::hidden()
     };
 
-    let results: Vec<(PathBuf, Result<Observations, FileError>)> = pool.install(|| {
-        settings.files.par_iter().map(|f| (f.clone(), analyze_file(f, &settings, &progress))).collect()
-    });
+    let results: Vec<(PathBuf, Result<Observations, FileError>)> = pool
+        .install(|| settings.files.par_iter().map(|f| (f.clone(), analyze_file(f, &settings, &progress))).collect());
     progress.finish_and_clear();
 
     let mut store = Store::new(StoreConfig::default());
@@ -362,7 +365,6 @@ fn analyze_file(path: &Path, s: &Settings, progress: &ProgressBar) -> Result<Obs
         end += n;
         eof = n == 0;
     }
-    drop(sink);
     let mut obs = agg.finish(parser.stats());
     obs.input.files = 1;
     Ok(obs)

@@ -176,11 +176,7 @@ impl Aggregator {
                 }
             }
             Event::LockWait { ctx, acquired, waiter_pid, mode, object, wait, statement, blocker, .. } => {
-                let key = if acquired {
-                    self.waiting.remove(&waiter_pid)
-                } else {
-                    None
-                };
+                let key = if acquired { self.waiting.remove(&waiter_pid) } else { None };
                 let key = key.unwrap_or_else(|| LockKey {
                     database: ctx.database.to_owned(),
                     waiter: statement.map(|s| self.masked_text(s)).unwrap_or_default(),
@@ -205,9 +201,8 @@ impl Aggregator {
                 }
             }
             Event::Deadlock { ctx, statements } => {
-                let text = |i: usize, this: &mut Self| {
-                    statements.get(i).map(|(_, s)| this.masked_text(s)).unwrap_or_default()
-                };
+                let text =
+                    |i: usize, this: &mut Self| statements.get(i).map(|(_, s)| this.masked_text(s)).unwrap_or_default();
                 let key = LockKey {
                     database: ctx.database.to_owned(),
                     waiter: text(0, self),
@@ -309,9 +304,32 @@ impl Aggregator {
 
 /// Words after which PostgreSQL quotes an object name, not a value.
 const NAME_WORDS: &[&str] = &[
-    "relation", "constraint", "column", "table", "index", "schema", "function", "type", "sequence", "view",
-    "database", "role", "extension", "trigger", "operator", "cursor", "statement", "portal", "tablespace",
-    "collation", "domain", "publication", "subscription", "server", "policy", "rule",
+    "relation",
+    "constraint",
+    "column",
+    "table",
+    "index",
+    "schema",
+    "function",
+    "type",
+    "sequence",
+    "view",
+    "database",
+    "role",
+    "extension",
+    "trigger",
+    "operator",
+    "cursor",
+    "statement",
+    "portal",
+    "tablespace",
+    "collation",
+    "domain",
+    "publication",
+    "subscription",
+    "server",
+    "policy",
+    "rule",
 ];
 
 /// Masks an error message: literals as in SQL, and double-quoted text

@@ -33,11 +33,24 @@ pub struct Ctx<'e> {
 #[derive(Debug)]
 pub enum Event<'e> {
     /// One execution of a statement (raw text: mask before it leaves).
-    Statement { ctx: Ctx<'e>, duration: Duration, text: Cow<'e, str> },
+    Statement {
+        ctx: Ctx<'e>,
+        duration: Duration,
+        text: Cow<'e, str>,
+    },
     /// An auto_explain entry: the body after `plan:` (raw).
-    Plan { ctx: Ctx<'e>, duration: Duration, body: &'e str },
+    Plan {
+        ctx: Ctx<'e>,
+        duration: Duration,
+        body: &'e str,
+    },
     /// ERROR, FATAL or PANIC.
-    Error { ctx: Ctx<'e>, sqlstate: Option<SqlState>, message: &'e str, statement: Option<&'e str> },
+    Error {
+        ctx: Ctx<'e>,
+        sqlstate: Option<SqlState>,
+        message: &'e str,
+        statement: Option<&'e str>,
+    },
     /// `still waiting for …` (acquired = false) or `acquired … after` (true).
     LockWait {
         ctx: Ctx<'e>,
@@ -52,8 +65,15 @@ pub enum Event<'e> {
         blocker: Option<&'e str>,
     },
     /// `deadlock detected`, with each involved process's statement.
-    Deadlock { ctx: Ctx<'e>, statements: Vec<(u32, &'e str)> },
-    TempFile { ctx: Ctx<'e>, bytes: u64, statement: Option<&'e str> },
+    Deadlock {
+        ctx: Ctx<'e>,
+        statements: Vec<(u32, &'e str)>,
+    },
+    TempFile {
+        ctx: Ctx<'e>,
+        bytes: u64,
+        statement: Option<&'e str>,
+    },
 }
 
 /// Message classes counted per entry (a stable, small vocabulary).
@@ -201,7 +221,13 @@ impl Sessionizer {
         s.pending_text = Some(bounded(text, max).to_owned());
     }
 
-    fn duration<F: FnMut(Event<'_>)>(&mut self, entry: &LogEntry<'_>, ctx: Ctx<'_>, rest: &str, sink: &mut F) -> &'static str {
+    fn duration<F: FnMut(Event<'_>)>(
+        &mut self,
+        entry: &LogEntry<'_>,
+        ctx: Ctx<'_>,
+        rest: &str,
+        sink: &mut F,
+    ) -> &'static str {
         let Some((duration, after)) = parse_ms(rest) else { return class::OTHER };
         let key = entry.session_key();
         let max = self.max_text;
@@ -266,7 +292,13 @@ impl Sessionizer {
         class::DURATION
     }
 
-    fn lock_message<F: FnMut(Event<'_>)>(&mut self, entry: &LogEntry<'_>, ctx: Ctx<'_>, rest: &str, sink: &mut F) -> &'static str {
+    fn lock_message<F: FnMut(Event<'_>)>(
+        &mut self,
+        entry: &LogEntry<'_>,
+        ctx: Ctx<'_>,
+        rest: &str,
+        sink: &mut F,
+    ) -> &'static str {
         // "N still waiting for MODE on OBJECT after X ms"
         // "N acquired MODE on OBJECT after X ms"
         let Some((pid, rest)) = rest.split_once(' ') else { return class::OTHER };

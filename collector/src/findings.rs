@@ -97,11 +97,7 @@ fn ms(d: std::time::Duration) -> f64 {
 
 fn short(text: &str) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= 80 {
-        flat
-    } else {
-        flat.chars().take(77).collect::<String>() + "..."
-    }
+    if flat.chars().count() <= 80 { flat } else { flat.chars().take(77).collect::<String>() + "..." }
 }
 
 fn fp_subject(f: Fingerprint) -> String {
@@ -251,7 +247,8 @@ pub fn lock_contention(store: &Store, out: &mut Vec<Finding>) {
                 subject: format!("deadlock:{}", short(&k.waiter)),
                 summary: format!("{} deadlock(s) between: {} AND {}", v.deadlocks, short(&k.waiter), short(&k.blocker)),
                 evidence: ev,
-                action: "Make the transactions take their row locks in the same order (e.g. ORDER BY id … FOR UPDATE).".into(),
+                action: "Make the transactions take their row locks in the same order (e.g. ORDER BY id … FOR UPDATE)."
+                    .into(),
             });
             continue;
         }
@@ -280,7 +277,9 @@ pub fn lock_contention(store: &Store, out: &mut Vec<Finding>) {
                 blocker
             ),
             evidence: ev,
-            action: "Shorten the blocking transaction (commit sooner, no user think-time inside it) or set lock_timeout.".into(),
+            action:
+                "Shorten the blocking transaction (commit sooner, no user think-time inside it) or set lock_timeout."
+                    .into(),
         });
     }
 }
@@ -323,11 +322,8 @@ pub fn error_hotspots(store: &Store, cfg: &DetectorConfig, out: &mut Vec<Finding
             continue;
         }
         let mut ev = Map::new();
-        let states: Map<String, Value> = stats
-            .errors
-            .iter()
-            .map(|(s, e)| (s.clone(), json!({"count": e.count, "message": e.message})))
-            .collect();
+        let states: Map<String, Value> =
+            stats.errors.iter().map(|(s, e)| (s.clone(), json!({"count": e.count, "message": e.message}))).collect();
         ev.insert("errors".into(), json!(errors));
         ev.insert("calls".into(), json!(stats.calls));
         ev.insert("error_share".into(), json!((share * 1000.0).round() / 1000.0));
@@ -338,9 +334,15 @@ pub fn error_hotspots(store: &Store, cfg: &DetectorConfig, out: &mut Vec<Finding
             kind: Kind::ErrorHotspot,
             severity: if share >= 0.5 { Severity::Critical } else { Severity::Warning },
             subject: fp_subject(fp),
-            summary: format!("{errors} error(s) ({:.0}% of executions), mostly {}: {}", share * 100.0, top.unwrap_or_default(), short(&entry.text)),
+            summary: format!(
+                "{errors} error(s) ({:.0}% of executions), mostly {}: {}",
+                share * 100.0,
+                top.unwrap_or_default(),
+                short(&entry.text)
+            ),
             evidence: ev,
-            action: "Fix the caller: the SQLSTATE says why (23xxx constraint, 22xxx data, 40xxx retry, 42xxx bad SQL).".into(),
+            action: "Fix the caller: the SQLSTATE says why (23xxx constraint, 22xxx data, 40xxx retry, 42xxx bad SQL)."
+                .into(),
         });
     }
 }
@@ -416,7 +418,8 @@ mod tests {
             mode: "ShareLock".into(),
             object: "transaction".into(),
         };
-        s.locks.insert(key.clone(), LockStats { waits: 2, max_wait: Duration::from_millis(1200), ..LockStats::default() });
+        s.locks
+            .insert(key.clone(), LockStats { waits: 2, max_wait: Duration::from_millis(1200), ..LockStats::default() });
         s.locks.insert(LockKey { mode: "deadlock".into(), ..key }, LockStats { deadlocks: 1, ..LockStats::default() });
         let out = detect(&s, &DetectorConfig::default());
         let kinds: Vec<Kind> = out.iter().map(|f| f.kind).collect();

@@ -278,7 +278,9 @@ mod tests {
 
     fn store() -> Store {
         let mut o = Observations::default();
-        for (text, calls, ms_each) in [("SELECT a FROM t", 3u64, 10u64), ("SELECT b FROM t", 10, 1), ("SELECT c FROM t", 1, 100)] {
+        for (text, calls, ms_each) in
+            [("SELECT a FROM t", 3u64, 10u64), ("SELECT b FROM t", 10, 1), ("SELECT c FROM t", 1, 100)]
+        {
             let key = StatementKey { database: "db".into(), user: "u".into(), text: text.into() };
             let s = o.statements.entry(key).or_default();
             for _ in 0..calls {
@@ -309,8 +311,20 @@ mod tests {
         let r = Report::build(&store(), vec![], SortKey::Total, 0, |t| t.to_string());
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         for f in [
-            "fingerprint", "query", "database", "user", "calls", "total_ms", "mean_ms", "min_ms", "max_ms", "p50_ms",
-            "p95_ms", "p99_ms", "rows", "errors",
+            "fingerprint",
+            "query",
+            "database",
+            "user",
+            "calls",
+            "total_ms",
+            "mean_ms",
+            "min_ms",
+            "max_ms",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "rows",
+            "errors",
         ] {
             assert!(v["queries"][0].get(f).is_some(), "missing {f}");
         }

@@ -178,7 +178,12 @@ mod tests {
     #[test]
     fn the_cap_folds_new_fingerprints_into_overflow_and_counts_them() {
         let mut s = Store::new(StoreConfig { max_queries: 2, ..StoreConfig::default() });
-        s.ingest(obs(&[("SELECT a FROM t", 1), ("SELECT b FROM t", 1), ("SELECT c FROM t", 1), ("SELECT d FROM t", 1)]));
+        s.ingest(obs(&[
+            ("SELECT a FROM t", 1),
+            ("SELECT b FROM t", 1),
+            ("SELECT c FROM t", 1),
+            ("SELECT d FROM t", 1),
+        ]));
         assert_eq!(s.queries.len(), 3);
         assert_eq!(s.overflow_calls, 2);
         let overflow = s.queries.iter().find(|(k, _)| k.fingerprint == OVERFLOW_FINGERPRINT).unwrap().1;

@@ -183,12 +183,14 @@ fn skip_record(b: &[u8], mut in_quotes: bool) -> Result<usize, bool> {
 mod tests {
     use super::*;
 
-    fn run(input: &[u8], chunk: usize, cap: usize) -> (Vec<(u64, String, Option<String>, bool)>, ParseStats) {
+    /// (line, message, statement, truncated) of each entry.
+    type Seen = Vec<(u64, String, Option<String>, bool)>;
+
+    fn run(input: &[u8], chunk: usize, cap: usize) -> (Seen, ParseStats) {
         let mut p = CsvParser::new(cap);
         let mut out = Vec::new();
-        let mut sink = |e: LogEntry<'_>| {
-            out.push((e.line, e.message.into_owned(), e.statement.map(Cow::into_owned), e.truncated))
-        };
+        let mut sink =
+            |e: LogEntry<'_>| out.push((e.line, e.message.into_owned(), e.statement.map(Cow::into_owned), e.truncated));
         let (mut start, mut end) = (0, 0);
         loop {
             end = (end + chunk).min(input.len());

@@ -150,8 +150,7 @@ mod tests {
     fn run(input: &[u8], chunk: usize, cap: usize) -> (Vec<(u64, String, Option<String>)>, ParseStats) {
         let mut p = JsonParser::new(cap);
         let mut out = Vec::new();
-        let mut sink =
-            |e: LogEntry<'_>| out.push((e.line, e.message.into_owned(), e.statement.map(Cow::into_owned)));
+        let mut sink = |e: LogEntry<'_>| out.push((e.line, e.message.into_owned(), e.statement.map(Cow::into_owned)));
         let (mut start, mut end) = (0, 0);
         loop {
             end = (end + chunk).min(input.len());

@@ -84,11 +84,7 @@ pub const COMMON_PREFIXES: &[&str] = &[
 
 /// Guesses the format from the first bytes of a file (and its name).
 pub fn detect_format(name: &str, head: &[u8]) -> LogFormat {
-    let first = head
-        .split(|b| *b == b'\n')
-        .map(|l| l.trim_ascii())
-        .find(|l| !l.is_empty())
-        .unwrap_or_default();
+    let first = head.split(|b| *b == b'\n').map(|l| l.trim_ascii()).find(|l| !l.is_empty()).unwrap_or_default();
     if first.starts_with(b"{") {
         return LogFormat::Json;
     }
@@ -109,11 +105,7 @@ pub fn detect_format(name: &str, head: &[u8]) -> LogFormat {
 /// most lines of `head`; `None` when none matches at least a fifth of the
 /// lines that are not continuation lines.
 pub fn detect_prefix(head: &[u8]) -> Option<Prefix> {
-    let lines: Vec<&[u8]> = head
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty() && l[0] != b'\t')
-        .take(400)
-        .collect();
+    let lines: Vec<&[u8]> = head.split(|b| *b == b'\n').filter(|l| !l.is_empty() && l[0] != b'\t').take(400).collect();
     if lines.is_empty() {
         return None;
     }

@@ -19,7 +19,9 @@ use std::ops::Range;
 /// An error in the `log_line_prefix` setting given to us.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PrefixError {
-    #[error("log_line_prefix {prefix:?}: unknown escape %{escape} at byte {at} (see PostgreSQL's log_line_prefix documentation)")]
+    #[error(
+        "log_line_prefix {prefix:?}: unknown escape %{escape} at byte {at} (see PostgreSQL's log_line_prefix documentation)"
+    )]
     UnknownEscape { prefix: String, escape: char, at: usize },
     #[error("log_line_prefix {prefix:?} ends with a lone '%'")]
     TrailingPercent { prefix: String },
@@ -67,7 +69,10 @@ impl Field {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Item {
     Literal(Vec<u8>),
-    Field { field: Field, pad: i32 },
+    Field {
+        field: Field,
+        pad: i32,
+    },
     /// `%q`: non-session processes end the prefix here.
     StopUnlessSession,
 }
@@ -207,16 +212,14 @@ impl Prefix {
 
     /// Whether the prefix lets lines of one session be paired (`%c` or `%p`).
     pub fn has_session(&self) -> bool {
-        self.items.iter().any(|i| {
-            matches!(i, Item::Field { field: Field::SessionId | Field::Pid, .. })
-        })
+        self.items.iter().any(|i| matches!(i, Item::Field { field: Field::SessionId | Field::Pid, .. }))
     }
 
     /// Whether the prefix carries a timestamp (`%t`, `%m` or `%n`).
     pub fn has_time(&self) -> bool {
-        self.items.iter().any(|i| {
-            matches!(i, Item::Field { field: Field::Timestamp | Field::TimestampMs | Field::Epoch, .. })
-        })
+        self.items
+            .iter()
+            .any(|i| matches!(i, Item::Field { field: Field::Timestamp | Field::TimestampMs | Field::Epoch, .. }))
     }
 
     /// Matches the prefix at the start of `line`, followed by a message label.
@@ -250,9 +253,7 @@ impl Prefix {
                     None
                 }
             }
-            Item::StopUnlessSession => self
-                .match_from(idx + 1, line, pos, out, steps)
-                .or_else(|| label_at(line, pos)),
+            Item::StopUnlessSession => self.match_from(idx + 1, line, pos, out, steps).or_else(|| label_at(line, pos)),
             Item::Field { field, pad } if field.is_free_text() => {
                 self.match_free_text(idx, *field, *pad, line, pos, out, steps)
             }
@@ -439,11 +440,8 @@ pub fn label_at(line: &[u8], pos: usize) -> Option<(Label, usize)> {
         return None;
     }
     let word = &rest[..n];
-    let label = if let Some(s) = Severity::parse(word) {
-        Label::Primary(s)
-    } else {
-        Label::Secondary(Secondary::parse(word)?)
-    };
+    let label =
+        if let Some(s) = Severity::parse(word) { Label::Primary(s) } else { Label::Secondary(Secondary::parse(word)?) };
     // Two spaces normally; be lenient about one (or none at end of line).
     let mut start = pos + n + 1;
     for _ in 0..2 {
@@ -503,7 +501,8 @@ mod tests {
     #[test]
     fn session_sqlstate_queryid_and_padding() {
         let p = "%m [%-6p] %c %e %Q %-8u|";
-        let line = "2026-11-24 09:01:10.123 UTC [81    ] 6743a0c6.51 23505 -4503404040451 bob     |ERROR:  duplicate key";
+        let line =
+            "2026-11-24 09:01:10.123 UTC [81    ] 6743a0c6.51 23505 -4503404040451 bob     |ERROR:  duplicate key";
         let got = m(p, line).unwrap();
         assert_eq!(got.fields.pid, Some(81));
         assert_eq!(slice(line, &got.fields.session_id), "6743a0c6.51");

@@ -10,9 +10,9 @@
 //! is emitted truncated and the rest of it is skipped, so memory stays
 //! bounded by the cap whatever the input.
 
+use crate::logparse::ParseStats;
 use crate::logparse::entry::{LogEntry, Secondary, text};
 use crate::logparse::prefix::{Label, Prefix, PrefixMatch};
-use crate::logparse::ParseStats;
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -245,9 +245,8 @@ impl StderrParser {
         };
         let f = &p.head.fields;
         let line_start = p.start;
-        let field = |r: &Option<Range<usize>>| {
-            r.as_ref().map(|r| text(&buf[line_start + r.start..line_start + r.end]).0)
-        };
+        let field =
+            |r: &Option<Range<usize>>| r.as_ref().map(|r| text(&buf[line_start + r.start..line_start + r.end]).0);
         let mut entry = LogEntry {
             line: p.line + 1,
             timestamp: f.timestamp,
@@ -413,7 +412,8 @@ not a log line\n\
 
     #[test]
     fn secondary_line_of_another_process_is_not_attached() {
-        let input = "2026-11-24 09:00:00.001 UTC [10] ERROR:  boom\n2026-11-24 09:00:00.001 UTC [99] STATEMENT:  SELECT 1\n";
+        let input =
+            "2026-11-24 09:00:00.001 UTC [10] ERROR:  boom\n2026-11-24 09:00:00.001 UTC [99] STATEMENT:  SELECT 1\n";
         let (entries, stats) = run("%m [%p] ", input.as_bytes(), usize::MAX, 1 << 20);
         assert_eq!(entries[0].statement, None);
         assert_eq!(stats.unparsed, 1);
