@@ -15,4 +15,6 @@ for arg in "$@"; do
         exec target/release/querywatch analyze "$@"
     fi
 done
-exec target/release/querywatch analyze "$@" tests/fixtures/pg15/postgresql.log
+# The shipped log was written with the log_line_prefix of the generator's config.
+prefix=$(sed -n "s/^log_line_prefix = '\(.*\)'.*/\1/p" tests/fixtures/workload/postgresql.conf)
+exec target/release/querywatch analyze --prefix "$prefix" "$@" tests/fixtures/pg15/postgresql.log

@@ -330,11 +330,16 @@ fn analyze_file(path: &Path, s: &Settings, progress: &ProgressBar) -> Result<Obs
         (Some(p), _) => Some(p.clone()),
         (None, LogFormat::Stderr) => {
             let detected = logparse::detect_prefix(&buf[..end]);
-            if detected.is_none() && end > 0 {
-                eprintln!(
-                    "querywatch: warning: {name}: log_line_prefix not recognized from the first lines; \
-                     pass --prefix with the server's log_line_prefix (SHOW log_line_prefix)"
-                );
+            match &detected {
+                None if end > 0 => eprintln!(
+                    "querywatch: warning: {name}: does not look like a PostgreSQL stderr log (no `LOG:  `-style \
+                     lines recognized); pass --log-format and --prefix (SHOW log_line_prefix)"
+                ),
+                Some(p) if p.is_heuristic() => eprintln!(
+                    "querywatch: note: {name}: log_line_prefix not recognized; reading it without user and database \
+                     names. Pass --prefix with the server's log_line_prefix (SHOW log_line_prefix) for those"
+                ),
+                _ => {}
             }
             detected
         }

@@ -101,23 +101,48 @@ pub fn detect_format(name: &str, head: &[u8]) -> LogFormat {
     }
 }
 
-/// Picks the `log_line_prefix` (from [`COMMON_PREFIXES`]) that matches the
-/// most lines of `head`; `None` when none matches at least a fifth of the
-/// lines that are not continuation lines.
+/// Picks the `log_line_prefix` for a stderr log from its first lines: the
+/// candidate of [`COMMON_PREFIXES`] that matches the most lines, as long as
+/// it matches nearly all the lines the heuristic prefix recognizes (an
+/// exact prefix also yields user and database). Otherwise the heuristic
+/// prefix, when it recognizes at least a fifth of the lines. `None` when the
+/// text does not look like a PostgreSQL stderr log at all.
 pub fn detect_prefix(head: &[u8]) -> Option<Prefix> {
     let lines: Vec<&[u8]> = head.split(|b| *b == b'\n').filter(|l| !l.is_empty() && l[0] != b'\t').take(400).collect();
     if lines.is_empty() {
         return None;
     }
+    // A hit counts only when the user and database it found contain no
+    // space: free-text fields may contain spaces in principle, and a wrong
+    // candidate would otherwise "match" by swallowing the rest of the prefix.
+    let count = |p: &Prefix| {
+        lines
+            .iter()
+            .filter(|l| {
+                p.matches(l).is_some_and(|m| {
+                    [&m.fields.user, &m.fields.database]
+                        .into_iter()
+                        .flatten()
+                        .all(|r| !l[r.clone()].iter().any(u8::is_ascii_whitespace))
+                })
+            })
+            .count()
+    };
+    let heuristic = Prefix::heuristic();
+    let heuristic_hits = count(&heuristic);
     let mut best: Option<(usize, Prefix)> = None;
     for p in COMMON_PREFIXES {
         let Ok(prefix) = Prefix::compile(p) else { continue };
-        let hits = lines.iter().filter(|l| prefix.matches(l).is_some()).count();
+        let hits = count(&prefix);
         if hits > best.as_ref().map_or(0, |b| b.0) {
             best = Some((hits, prefix));
         }
     }
-    best.filter(|(hits, _)| *hits * 5 >= lines.len()).map(|(_, p)| p)
+    match best {
+        Some((hits, p)) if hits * 100 >= heuristic_hits * 95 && hits * 5 >= lines.len() => Some(p),
+        _ if heuristic_hits * 5 >= lines.len() => Some(heuristic),
+        _ => None,
+    }
 }
 
 /// One parser of any format, behind the chunked contract.
@@ -189,5 +214,7 @@ mod tests {
         let p = detect_prefix(head).unwrap();
         assert_eq!(p.as_str(), "%t [%p]: [%l-1] user=%u,db=%d,app=%a,client=%h ");
         assert!(detect_prefix(b"nothing here\nat all\n").is_none());
+        let odd = b"2026-11-24 09:00:00 UTC <12> ~a~ LOG:  x\n2026-11-24 09:00:00 UTC <12> ~a~ DETAIL:  y\n";
+        assert!(detect_prefix(odd).unwrap().is_heuristic());
     }
 }

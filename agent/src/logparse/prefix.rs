@@ -111,7 +111,12 @@ pub struct Prefix {
     source: String,
     items: Vec<Item>,
     finders: Vec<Option<memmem::Finder<'static>>>,
+    /// No known prefix: find the label, take what can be recognized before it.
+    heuristic: bool,
 }
+
+/// The source string of the heuristic prefix (see [`Prefix::heuristic`]).
+pub const HEURISTIC: &str = "<unknown prefix>";
 
 /// Free-text values longer than this are not considered when backtracking:
 /// it bounds the work per line on lines that do not match at all.
@@ -203,7 +208,20 @@ impl Prefix {
                 _ => None,
             })
             .collect();
-        Ok(Prefix { source: prefix.to_owned(), items, finders })
+        Ok(Prefix { source: prefix.to_owned(), items, finders, heuristic: false })
+    }
+
+    /// A prefix for logs whose `log_line_prefix` is unknown: a line is an
+    /// entry when a severity label (`LOG:  `, `DETAIL:  `, …) follows a
+    /// space within its first bytes; a leading timestamp and the first
+    /// `[pid]` are taken, user and database are not known. Degraded, but it
+    /// reads any prefix that ends with a space, which pgbadger cannot.
+    pub fn heuristic() -> Prefix {
+        Prefix { source: HEURISTIC.to_owned(), items: Vec::new(), finders: Vec::new(), heuristic: true }
+    }
+
+    pub fn is_heuristic(&self) -> bool {
+        self.heuristic
     }
 
     pub fn as_str(&self) -> &str {
@@ -212,18 +230,23 @@ impl Prefix {
 
     /// Whether the prefix lets lines of one session be paired (`%c` or `%p`).
     pub fn has_session(&self) -> bool {
-        self.items.iter().any(|i| matches!(i, Item::Field { field: Field::SessionId | Field::Pid, .. }))
+        self.heuristic
+            || self.items.iter().any(|i| matches!(i, Item::Field { field: Field::SessionId | Field::Pid, .. }))
     }
 
     /// Whether the prefix carries a timestamp (`%t`, `%m` or `%n`).
     pub fn has_time(&self) -> bool {
-        self.items
+        self.heuristic
+            || self.items
             .iter()
             .any(|i| matches!(i, Item::Field { field: Field::Timestamp | Field::TimestampMs | Field::Epoch, .. }))
     }
 
     /// Matches the prefix at the start of `line`, followed by a message label.
     pub fn matches(&self, line: &[u8]) -> Option<PrefixMatch> {
+        if self.heuristic {
+            return heuristic_match(line);
+        }
         let mut fields = PrefixFields::default();
         let mut steps = 0;
         let (label, message_start) = self.match_from(0, line, 0, &mut fields, &mut steps)?;
@@ -432,6 +455,40 @@ fn shaped(field: Field, line: &[u8], pos: usize) -> Option<(Value, usize)> {
     }
 }
 
+fn heuristic_match(line: &[u8]) -> Option<PrefixMatch> {
+    let window = &line[..line.len().min(MAX_FREE_TEXT)];
+    // The label follows the prefix: at the start or after a space.
+    let mut from = 0;
+    let (label, message_start, at) = loop {
+        let i = memchr::memchr(b':', &window[from..])? + from;
+        // Walk back over the label word.
+        let start = window[..i].iter().rposition(|b| !(b.is_ascii_uppercase() || b.is_ascii_digit())).map_or(0, |p| p + 1);
+        if (start == 0 || window[start - 1] == b' ')
+            && window.get(i + 1..i + 3) == Some(b"  ")
+            && let Some((label, msg)) = label_at(line, start)
+        {
+            break (label, msg, start);
+        }
+        from = i + 1;
+    };
+    let head = &line[..at];
+    let mut fields = PrefixFields::default();
+    let ts_at = usize::from(head.first() == Some(&b'['));
+    if let Some((t, _)) = head.get(ts_at..).and_then(parse_timestamp) {
+        fields.timestamp = Some(t);
+    }
+    let mut rest = head;
+    while let Some(open) = memchr::memchr(b'[', rest) {
+        let n = digit_run(rest, open + 1);
+        if n > 0 && rest.get(open + 1 + n) == Some(&b']') {
+            fields.pid = std::str::from_utf8(&rest[open + 1..open + 1 + n]).ok().and_then(|p| p.parse().ok());
+            break;
+        }
+        rest = &rest[open + 1..];
+    }
+    Some(PrefixMatch { fields, label, message_start })
+}
+
 /// Recognizes `LABEL:  ` at `pos` (PostgreSQL writes two spaces after the colon).
 pub fn label_at(line: &[u8], pos: usize) -> Option<(Label, usize)> {
     let rest = &line[pos..];
@@ -540,6 +597,22 @@ mod tests {
         assert!(matches!(Prefix::compile("%m %z"), Err(PrefixError::UnknownEscape { escape: 'z', .. })));
         assert!(matches!(Prefix::compile("%m %"), Err(PrefixError::TrailingPercent { .. })));
         assert_eq!(m("100%% %p ", "100% 12 LOG:  x").unwrap().fields.pid, Some(12));
+    }
+
+    #[test]
+    fn heuristic_reads_unknown_prefixes() {
+        let h = Prefix::heuristic();
+        let line = "2026-11-24 09:22:24.917 UTC [6373] 6370 custom/thing: x LOG:  temporary file: path";
+        let got = h.matches(line.as_bytes()).unwrap();
+        assert_eq!(got.fields.pid, Some(6373));
+        assert!(got.fields.timestamp.is_some());
+        assert_eq!(got.label, Label::Primary(Severity::Log));
+        assert_eq!(&line[got.message_start..], "temporary file: path");
+        let got = h.matches(b"[2026-11-24 09:00:00 UTC] app STATEMENT:  SELECT 1").unwrap();
+        assert_eq!(got.label, Label::Secondary(Secondary::Statement));
+        assert!(got.fields.timestamp.is_some());
+        assert!(h.matches(b"\tSELECT 'LOG:  x'").is_none() || h.matches(b"plain text").is_none());
+        assert!(h.matches(b"no label here: at all").is_none());
     }
 
     #[test]

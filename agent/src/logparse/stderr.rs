@@ -245,8 +245,12 @@ impl StderrParser {
         };
         let f = &p.head.fields;
         let line_start = p.start;
-        let field =
-            |r: &Option<Range<usize>>| r.as_ref().map(|r| text(&buf[line_start + r.start..line_start + r.end]).0);
+        // PostgreSQL prints `[unknown]` where csvlog/jsonlog leave the field
+        // out (e.g. before authentication): make them agree.
+        let field = |r: &Option<Range<usize>>| {
+            let bytes = &buf[line_start + r.as_ref()?.start..line_start + r.as_ref()?.end];
+            (!bytes.is_empty() && bytes != b"[unknown]").then(|| text(bytes).0)
+        };
         let mut entry = LogEntry {
             line: p.line + 1,
             timestamp: f.timestamp,
