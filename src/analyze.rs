@@ -374,3 +374,74 @@ fn analyze_file(path: &Path, s: &Settings, progress: &ProgressBar) -> Result<Obs
     obs.input.files = 1;
     Ok(obs)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const LOG: &[u8] = b"2026-11-24 09:00:00.001 UTC [10] LOG:  duration: 1.500 ms  statement: SELECT 1\n\
+2026-11-24 09:00:01.001 UTC [10] LOG:  duration: 2.500 ms  statement: SELECT 2\n";
+
+    fn settings(files: Vec<PathBuf>) -> Settings {
+        Settings { files, format: None, prefix: None, agg: AggregatorConfig::default(), cap: 1 << 20 }
+    }
+
+    #[test]
+    fn times_accept_dates_minutes_and_zones() {
+        let day = parse_time("2026-11-24", "--since").unwrap();
+        assert_eq!(parse_time("2026-11-24 00:00", "--since").unwrap(), day);
+        assert_eq!(parse_time("2026-11-24 01:00:00 +01", "--since").unwrap(), day);
+        assert_eq!(parse_time("2026-11-24 00:00:00.000 UTC", "--since").unwrap(), day);
+        let err = parse_time("yesterday", "--since").unwrap_err().to_string();
+        assert!(err.contains("--since") && err.contains("2026-11-24 09:00"), "{err}");
+    }
+
+    #[test]
+    fn gzip_input_reads_like_plain_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("a.log");
+        std::fs::write(&plain, LOG).unwrap();
+        let gz = dir.path().join("b.log.gz");
+        let mut enc = flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all(LOG).unwrap();
+        enc.finish().unwrap();
+        let s = settings(vec![]);
+        let a = analyze_file(&plain, &s, &ProgressBar::hidden()).unwrap();
+        let b = analyze_file(&gz, &s, &ProgressBar::hidden()).unwrap();
+        assert_eq!(a.input.entries, 2);
+        assert_eq!(a.input, b.input);
+        assert_eq!(a.statements.len(), 1, "SELECT 1 and SELECT 2 are one shape");
+        let stats = a.statements.values().next().unwrap();
+        assert_eq!((stats.calls, stats.total), (2, std::time::Duration::from_millis(4)));
+    }
+
+    #[test]
+    fn directories_take_one_format_per_log_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["pg-2.log", "pg-1.log", "pg-1.csv", "pg-1.json", "pg-3.json"] {
+            std::fs::write(dir.path().join(name), LOG).unwrap();
+        }
+        let files = expand_paths(&[dir.path().to_string_lossy().into_owned()]).unwrap();
+        let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["pg-1.csv", "pg-2.log", "pg-3.json"]);
+        let pattern = format!("{}/pg-*.log", dir.path().display());
+        assert_eq!(expand_paths(&[pattern]).unwrap().len(), 2);
+        let err = expand_paths(&[format!("{}/nope-*.log", dir.path().display())]).unwrap_err().to_string();
+        assert!(err.contains("no file matches"), "{err}");
+        let err = expand_paths(&["/no/such/file.log".to_owned()]).unwrap_err().to_string();
+        assert!(err.contains("no such file"), "{err}");
+    }
+
+    #[test]
+    fn time_window_filters_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("a.log");
+        std::fs::write(&plain, LOG).unwrap();
+        let mut s = settings(vec![]);
+        s.agg.since = Some(parse_time("2026-11-24 09:00:01", "--since").unwrap());
+        let obs = analyze_file(&plain, &s, &ProgressBar::hidden()).unwrap();
+        assert_eq!(obs.statements.values().map(|v| v.calls).sum::<u64>(), 1);
+    }
+}

@@ -100,7 +100,8 @@ struct Session {
     /// parse/bind time waiting for its `execute`.
     pre_exec: Duration,
     /// The last statement this session ran (for naming lock blockers).
-    last_statement: Option<String>,
+    /// Empty when none; reused, so recording it costs a copy, not an allocation.
+    last_statement: String,
 }
 
 /// Counters of what the sessionizer could not pair.
@@ -239,7 +240,7 @@ impl Sessionizer {
             match pending {
                 Some(text) => {
                     if let Some(k) = key {
-                        self.session(k, entry.pid).last_statement = Some(text.clone());
+                        set(&mut self.session(k, entry.pid).last_statement, &text);
                     }
                     sink(Event::Statement { ctx, duration, text: Cow::Owned(text) });
                 }
@@ -256,7 +257,7 @@ impl Sessionizer {
                     s.pre_exec = Duration::ZERO;
                     self.stats.unattributed_durations += 1;
                 }
-                self.session(k, entry.pid).last_statement = Some(bounded(text, max).to_owned());
+                set(&mut self.session(k, entry.pid).last_statement, bounded(text, max));
             }
             sink(Event::Statement { ctx, duration, text: Cow::Borrowed(text) });
             return class::DURATION;
@@ -282,7 +283,7 @@ impl Sessionizer {
             if let Some(k) = key {
                 let s = self.session(k, entry.pid);
                 total += std::mem::take(&mut s.pre_exec);
-                s.last_statement = Some(bounded(text, max).to_owned());
+                set(&mut s.last_statement, bounded(text, max));
             }
             sink(Event::Statement { ctx, duration: total, text: Cow::Borrowed(text) });
             return class::DURATION;
@@ -318,7 +319,8 @@ impl Sessionizer {
             .first()
             .and_then(|h| self.pids.get(h))
             .and_then(|k| self.sessions.get(k))
-            .and_then(|s| s.last_statement.as_deref());
+            .map(|s| s.last_statement.as_str())
+            .filter(|s| !s.is_empty());
         sink(Event::LockWait {
             ctx,
             acquired,
@@ -332,6 +334,11 @@ impl Sessionizer {
         });
         class::LOCK_WAIT
     }
+}
+
+fn set(slot: &mut String, text: &str) {
+    slot.clear();
+    slot.push_str(text);
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

@@ -60,6 +60,8 @@ pub struct QueryRow {
     pub temp_bytes: u64,
     /// `false` when pg_query could not parse the text (fallback fingerprint).
     pub parsed: bool,
+    /// When the slowest execution happened.
+    pub slowest_at: Option<String>,
     /// The slowest auto_explain plan, masked, when one was logged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
@@ -87,6 +89,15 @@ pub struct InputSummary {
     pub unattributed_errors: BTreeMap<String, u64>,
 }
 
+/// How fingerprinting went: pg_query runs once per distinct shape.
+#[derive(Clone, Debug, Serialize, PartialEq, Default)]
+pub struct FingerprintSummary {
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    /// Shapes pg_query could not parse (fallback fingerprint).
+    pub fallbacks: u64,
+}
+
 /// The whole report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
@@ -97,6 +108,7 @@ pub struct Report {
     pub total_calls: u64,
     pub findings: Vec<Finding>,
     pub input: InputSummary,
+    pub fingerprints: FingerprintSummary,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -145,6 +157,7 @@ impl Report {
                     temp_files: s.temp_files,
                     temp_bytes: s.temp_bytes,
                     parsed: e.method == crate::fingerprint::Method::Parsed,
+                    slowest_at: s.slowest.as_ref().and_then(|x| x.timestamp).map(&format_time),
                     plan: s.slowest_plan.as_ref().map(|p| p.plan.clone()),
                 }
             })
@@ -167,7 +180,9 @@ impl Report {
             rows.truncate(top);
         }
         let i: &InputStats = &store.input;
+        let fp = store.fingerprint_stats();
         Report {
+            fingerprints: FingerprintSummary { cache_hits: fp.hits, cache_misses: fp.misses, fallbacks: fp.fallbacks },
             queries: rows,
             total_queries,
             total_ms: ms(total),
