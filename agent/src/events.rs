@@ -117,6 +117,8 @@ pub struct Sessionizer {
     sessions: FxHashMap<SessionKey, Session>,
     /// pid → session key, to find a lock holder's session.
     pids: FxHashMap<u32, SessionKey>,
+    /// pid → (database, user) of client backends, for their parallel workers.
+    idents: FxHashMap<u32, (String, String)>,
     max_sessions: usize,
     max_text: usize,
     stats: SessionStats,
@@ -130,6 +132,7 @@ impl Sessionizer {
         Sessionizer {
             sessions: FxHashMap::default(),
             pids: FxHashMap::default(),
+            idents: FxHashMap::default(),
             max_sessions,
             max_text,
             stats: SessionStats::default(),
@@ -143,12 +146,27 @@ impl Sessionizer {
     /// Classifies one entry, calls `sink` with its event if it has one, and
     /// returns its message class.
     pub fn process<'e, F: FnMut(Event<'_>)>(&mut self, entry: &'e LogEntry<'e>, sink: &mut F) -> &'static str {
-        let ctx = Ctx {
-            timestamp: entry.timestamp,
-            database: entry.database.as_deref().unwrap_or(""),
-            user: entry.user.as_deref().unwrap_or(""),
-            pid: entry.pid,
+        // Parallel workers log without user and database; their lines
+        // (temp files, errors) belong to the leader's session.
+        let leader_ident;
+        let (database, user) = match (entry.database.as_deref(), entry.leader_pid) {
+            (None | Some(""), Some(leader)) => {
+                leader_ident = self.idents.get(&leader).cloned().unwrap_or_default();
+                (leader_ident.0.as_str(), leader_ident.1.as_str())
+            }
+            (db, _) => {
+                if let (Some(pid), Some(db)) = (entry.pid, db)
+                    && !self.idents.contains_key(&pid)
+                {
+                    if self.idents.len() >= self.max_sessions {
+                        self.idents.clear();
+                    }
+                    self.idents.insert(pid, (db.to_owned(), entry.user.as_deref().unwrap_or("").to_owned()));
+                }
+                (db.unwrap_or(""), entry.user.as_deref().unwrap_or(""))
+            }
         };
+        let ctx = Ctx { timestamp: entry.timestamp, database, user, pid: entry.pid };
         let msg: &str = &entry.message;
         let severity = entry.severity.unwrap_or(Severity::Log);
         if severity.is_error() {
@@ -190,6 +208,9 @@ impl Sessionizer {
         } else if msg.starts_with("disconnection: ") {
             if let Some(key) = entry.session_key() {
                 self.sessions.remove(&key);
+            }
+            if let Some(pid) = entry.pid {
+                self.idents.remove(&pid);
             }
             class::DISCONNECTION
         } else if msg.starts_with("checkpoint") || msg.starts_with("restartpoint") {
@@ -533,6 +554,26 @@ mod tests {
         );
         assert!(matches!(seen[2], Seen::Lock(true, 2, _, None, _)));
         assert_eq!(classes[1], class::LOCK_WAIT);
+    }
+
+    #[test]
+    fn parallel_worker_lines_belong_to_the_leaders_database_and_user() {
+        let leader = entry(7, "duration: 1.000 ms  statement: SET work_mem = '64kB'");
+        let mut worker = entry(8, "temporary file: path \"base/pgsql_tmp/pgsql_tmp8.0\", size 100");
+        worker.database = None;
+        worker.user = None;
+        worker.leader_pid = Some(7);
+        worker.statement = Some("SELECT 1".into());
+        let mut s = Sessionizer::new(100, 1 << 20);
+        let mut seen = Vec::new();
+        for e in [&leader, &worker] {
+            s.process(e, &mut |ev| {
+                if let Event::TempFile { ctx, .. } = ev {
+                    seen.push((ctx.database.to_owned(), ctx.user.to_owned()));
+                }
+            });
+        }
+        assert_eq!(seen, vec![("db".to_owned(), "u".to_owned())]);
     }
 
     #[test]

@@ -27,6 +27,7 @@ const HINT: usize = 15;
 const CONTEXT: usize = 18;
 const QUERY: usize = 19;
 const APPLICATION: usize = 22;
+const LEADER_PID: usize = 24;
 const QUERY_ID: usize = 25;
 
 /// Parser state for one csvlog stream.
@@ -135,6 +136,7 @@ impl CsvParser {
             line,
             timestamp,
             pid: field(PID).and_then(|p| p.parse().ok()),
+            leader_pid: field(LEADER_PID).and_then(|p| p.parse().ok()),
             session_id: field(SESSION_ID),
             user: field(USER),
             database: field(DATABASE),

@@ -90,6 +90,8 @@ pub struct LogEntry<'a> {
     pub line: u64,
     pub timestamp: Option<EpochMillis>,
     pub pid: Option<u32>,
+    /// Set on lines of parallel workers: the pid of the backend that leads them.
+    pub leader_pid: Option<u32>,
     /// `%c` / `session_id`: unique per backend session even across pid reuse.
     pub session_id: Option<Cow<'a, str>>,
     pub user: Option<Cow<'a, str>>,

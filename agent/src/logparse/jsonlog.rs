@@ -21,6 +21,7 @@ struct Record<'a> {
     #[serde(borrow)]
     dbname: Option<Cow<'a, str>>,
     pid: Option<u32>,
+    leader_pid: Option<u32>,
     #[serde(borrow)]
     session_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -122,6 +123,7 @@ impl JsonParser {
             line,
             timestamp: Some(timestamp),
             pid: rec.pid,
+            leader_pid: rec.leader_pid,
             session_id: rec.session_id,
             user: rec.user,
             database: rec.dbname,

@@ -82,6 +82,8 @@ enum Item {
 pub struct PrefixFields {
     pub timestamp: Option<EpochMillis>,
     pub pid: Option<u32>,
+    /// `%P`: the leader's pid when the line comes from a parallel worker.
+    pub leader_pid: Option<u32>,
     pub user: Option<Range<usize>>,
     pub database: Option<Range<usize>>,
     pub application: Option<Range<usize>>,
@@ -355,7 +357,7 @@ impl Prefix {
 enum Value {
     Time(EpochMillis),
     Pid(u32),
-    LeaderPid,
+    LeaderPid(Option<u32>),
     QueryId(i64),
     SqlState(SqlState),
     Session(Range<usize>),
@@ -370,7 +372,8 @@ impl Value {
             Value::QueryId(q) => out.query_id = Some(q),
             Value::SqlState(s) => out.sqlstate = Some(s),
             Value::Session(r) => out.session_id = Some(r),
-            Value::LeaderPid | Value::Ignored => {}
+            Value::LeaderPid(p) => out.leader_pid = p,
+            Value::Ignored => {}
         }
     }
 }
@@ -415,11 +418,18 @@ fn shaped(field: Field, line: &[u8], pos: usize) -> Option<(Value, usize)> {
         }
         Field::Pid => {
             let n = digit_run(line, pos);
-            let pid = std::str::from_utf8(&line[pos..pos + n]).ok()?.parse().ok()?;
+            if n == 0 || n > 10 {
+                return None;
+            }
+            let pid = line[pos..pos + n].iter().try_fold(0u32, |acc, d| acc.checked_mul(10)?.checked_add(u32::from(d - b'0')))?;
             Some((Value::Pid(pid), pos + n))
         }
         // Empty unless the process is a parallel worker.
-        Field::LeaderPid => Some((Value::LeaderPid, pos + digit_run(line, pos))),
+        Field::LeaderPid => {
+            let n = digit_run(line, pos);
+            let pid = std::str::from_utf8(&line[pos..pos + n]).ok().and_then(|p| p.parse().ok());
+            Some((Value::LeaderPid(pid), pos + n))
+        }
         Field::SessionLine | Field::Xid => {
             let n = digit_run(line, pos);
             (n > 0).then_some((Value::Ignored, pos + n))

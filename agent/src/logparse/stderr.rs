@@ -255,6 +255,7 @@ impl StderrParser {
             line: p.line + 1,
             timestamp: f.timestamp,
             pid: f.pid,
+            leader_pid: f.leader_pid,
             session_id: field(&f.session_id),
             user: field(&f.user),
             database: field(&f.database),

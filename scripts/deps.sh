@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Install what querywatch's build and test suite need, when it is missing.
+#
+#   libclang-dev         pg_query builds libpg_query with bindgen, which needs libclang
+#   postgresql           the server binaries (initdb, pg_ctl, postgres, psql, pgbench)
+#   postgresql-contrib   pg_stat_statements and auto_explain (a transitional package
+#                        on recent Debian, but harmless and explicit)
+#   pgbadger             the peer the benchmark compares against
+#   time                 GNU time: /usr/bin/time -f %M gives the benchmark's peak RSS
+#
+# Idempotent: when everything is present it prints only the PostgreSQL bin dir
+# on stdout (so callers can do `PG_BIN=$(scripts/deps.sh)`), nothing else.
+# As root it runs `apt-get update` once (only when something is missing) and
+# `apt-get install -y --no-install-recommends`. Not root and something missing:
+# it prints the exact command to run and exits 1, rather than calling sudo
+# behind the user's back.
+set -euo pipefail
+
+packages=(libclang-dev postgresql postgresql-contrib pgbadger time)
+
+# dpkg-query is the authority on "installed"; a binary on PATH may come from a
+# different source, but these are Debian package names, so ask dpkg.
+missing=()
+for pkg in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    if [[ "$status" != "installed" ]]; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]} > 0)); then
+    cmd=(apt-get install -y --no-install-recommends "${missing[@]}")
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "deps.sh: missing packages: ${missing[*]} (Debian names); no apt-get here, install the equivalents" >&2
+        exit 1
+    elif [[ "$(id -u)" -eq 0 ]]; then
+        echo "deps.sh: installing ${missing[*]}" >&2
+        # Progress output goes to stderr so stdout stays the bin dir only.
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update >&2
+        "${cmd[@]}" >&2
+    else
+        echo "deps.sh: missing packages: ${missing[*]}" >&2
+        echo "run as root:  apt-get update && ${cmd[*]}" >&2
+        exit 1
+    fi
+fi
+
+# Find the server binaries. Debian's pg_config (postgresql-common/libpq-dev)
+# reports the bin dir of the installed server; fall back to the newest version
+# directory when pg_config is absent or points somewhere without initdb.
+pg_bin=""
+if command -v pg_config >/dev/null 2>&1; then
+    pg_bin=$(pg_config --bindir 2>/dev/null || true)
+fi
+if [[ -z "$pg_bin" || ! -x "$pg_bin/initdb" ]]; then
+    pg_bin=""
+    # Version-sort so that 15 < 16 < 17 (plain lexical order would not).
+    newest=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -type d -name bin 2>/dev/null | sort -V | tail -n 1 || true)
+    if [[ -n "$newest" && -x "$newest/initdb" ]]; then
+        pg_bin=$newest
+    fi
+fi
+if [[ -z "$pg_bin" ]]; then
+    echo "deps.sh: PostgreSQL server binaries (initdb) not found under pg_config --bindir or /usr/lib/postgresql/*/bin" >&2
+    exit 1
+fi
+echo "$pg_bin"

@@ -1,0 +1,10 @@
+//! Integration tests of the `querywatch` binary, compiled as one test binary
+//! (shared helpers in `support`, one build).
+//!
+//! Tests that need PostgreSQL start their own throwaway cluster
+//! (`support::PgCluster`); without the server binaries they fail and say to
+//! run `scripts/deps.sh`, unless `QUERYWATCH_SKIP_PG=1`.
+
+mod analyze_pg;
+mod formats;
+mod support;

@@ -1,0 +1,14 @@
+//! Shared helpers of the integration tests (one test binary, `tests/it`).
+//!
+//! - [`cluster`]: throwaway PostgreSQL clusters ([`PgCluster`]).
+//! - [`report`]: running `querywatch analyze --format json` and its report.
+//! - [`pgss`]: pg_stat_statements dumps, grouped by querywatch fingerprint.
+//! - [`compare`]: report versus pg_stat_statements, with the tolerance.
+
+pub mod cluster;
+pub mod compare;
+pub mod pgss;
+pub mod report;
+pub mod workload;
+
+pub use cluster::{ClusterOptions, PgCluster, fixtures_dir, skip_pg, workload_dir};
