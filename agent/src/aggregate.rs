@@ -291,12 +291,7 @@ impl Aggregator {
             };
             obs.statements.insert(key, stats);
         }
-        obs.input.bytes += parse.bytes;
-        obs.input.lines += parse.lines;
-        obs.input.entries += parse.entries;
-        obs.input.unparsed += parse.unparsed;
-        obs.input.truncated += parse.truncated;
-        obs.input.invalid_utf8 += parse.invalid_utf8;
+        obs.input.merge(parse);
         obs.input.unattributed_durations += self.sessionizer.stats().unattributed_durations;
         obs
     }

@@ -234,7 +234,7 @@ fn plan_findings(
 
 /// Lock waits grouped by waiter, blocker and object; deadlocks.
 pub fn lock_contention(store: &Store, out: &mut Vec<Finding>) {
-    for (k, v) in &store.locks {
+    for (k, v) in &store.rest.locks {
         let mut ev = Map::new();
         ev.insert("database".into(), json!(k.database));
         ev.insert("waiting_statement".into(), json!(k.waiter));
@@ -418,9 +418,9 @@ mod tests {
             mode: "ShareLock".into(),
             object: "transaction".into(),
         };
-        s.locks
+        s.rest.locks
             .insert(key.clone(), LockStats { waits: 2, max_wait: Duration::from_millis(1200), ..LockStats::default() });
-        s.locks.insert(LockKey { mode: "deadlock".into(), ..key }, LockStats { deadlocks: 1, ..LockStats::default() });
+        s.rest.locks.insert(LockKey { mode: "deadlock".into(), ..key }, LockStats { deadlocks: 1, ..LockStats::default() });
         let out = detect(&s, &DetectorConfig::default());
         let kinds: Vec<Kind> = out.iter().map(|f| f.kind).collect();
         assert_eq!(kinds, vec![Kind::Deadlock, Kind::LockContention]);

@@ -5,6 +5,7 @@
 use crate::findings::Finding;
 use crate::store::Store;
 use querywatch_wire::observations::InputStats;
+use querywatch_wire::stats::StatementStats;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -115,6 +116,13 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// A percentile from the histogram, kept within the exact min and max: HDR
+/// reports the top of a bucket, which can lie a fraction above the largest
+/// value actually seen.
+fn quantile(s: &StatementStats, q: f64) -> Duration {
+    s.hist.quantile(q).clamp(s.min.unwrap_or_default(), s.max.max(s.min.unwrap_or_default()))
+}
+
 impl Report {
     /// Builds the report: rows sorted by `sort` (ties by fingerprint, so the
     /// output is deterministic), cut to `top` (0 = all).
@@ -143,9 +151,9 @@ impl Report {
                     mean_ms: ms(s.mean()),
                     min_ms: ms(s.min.unwrap_or_default()),
                     max_ms: ms(s.max),
-                    p50_ms: ms(s.hist.quantile(0.50)),
-                    p95_ms: ms(s.hist.quantile(0.95)),
-                    p99_ms: ms(s.hist.quantile(0.99)),
+                    p50_ms: ms(quantile(s, 0.50)),
+                    p95_ms: ms(quantile(s, 0.95)),
+                    p99_ms: ms(quantile(s, 0.99)),
                     rows: s.rows,
                     errors: s.error_count(),
                     share: if total.is_zero() {
@@ -179,7 +187,7 @@ impl Report {
         if top > 0 {
             rows.truncate(top);
         }
-        let i: &InputStats = &store.input;
+        let i: &InputStats = &store.rest.input;
         let fp = store.fingerprint_stats();
         Report {
             fingerprints: FingerprintSummary { cache_hits: fp.hits, cache_misses: fp.misses, fallbacks: fp.fallbacks },
@@ -198,11 +206,11 @@ impl Report {
                 invalid_utf8: i.invalid_utf8,
                 unattributed_durations: i.unattributed_durations,
                 unreadable_files: i.unreadable_files,
-                overflow_calls: store.overflow_calls,
-                first_seen: store.first_seen.map(&format_time),
-                last_seen: store.last_seen.map(&format_time),
-                classes: store.classes.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
-                unattributed_errors: store.unattributed_errors.clone(),
+                overflow_calls: store.total_overflow_calls(),
+                first_seen: store.rest.first_seen.map(&format_time),
+                last_seen: store.rest.last_seen.map(&format_time),
+                classes: store.rest.classes.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+                unattributed_errors: store.rest.unattributed_errors.clone(),
             },
         }
     }

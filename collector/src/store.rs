@@ -7,11 +7,9 @@
 //! cap new fingerprints fold into one overflow row, and that is counted.
 
 use crate::fingerprint::{Fingerprint, Fingerprinter, Method};
-use querywatch_wire::observations::{InputStats, LockKey, LockStats};
-use querywatch_wire::stats::{EpochMillis, StatementStats};
+use querywatch_wire::stats::StatementStats;
 use querywatch_wire::{Observations, names::OVERFLOW_TEXT};
 use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
 
 /// Limits of a [`Store`].
 #[derive(Clone, Debug)]
@@ -56,17 +54,14 @@ pub struct Store {
     cfg: StoreConfig,
     fingerprinter: Fingerprinter,
     pub queries: FxHashMap<QueryKey, QueryEntry>,
-    /// Calls folded into the overflow row (here or already at an agent).
+    /// Calls folded into the overflow row here (the agents' own overflow is
+    /// in `rest.overflow_calls`).
     pub overflow_calls: u64,
-    pub locks: FxHashMap<LockKey, LockStats>,
+    /// Lock waits and deadlocks of groups past the cap.
     pub overflow_locks: u64,
-    pub unattributed_errors: BTreeMap<String, u64>,
-    pub unattributed_temp_files: u64,
-    pub unattributed_temp_bytes: u64,
-    pub classes: BTreeMap<&'static str, u64>,
-    pub input: InputStats,
-    pub first_seen: Option<EpochMillis>,
-    pub last_seen: Option<EpochMillis>,
+    /// Everything that is not per statement, merged as the agents sent it
+    /// (its `statements` map stays empty: they live in `queries`).
+    pub rest: Observations,
 }
 
 impl Store {
@@ -76,21 +71,14 @@ impl Store {
             cfg,
             queries: FxHashMap::default(),
             overflow_calls: 0,
-            locks: FxHashMap::default(),
             overflow_locks: 0,
-            unattributed_errors: BTreeMap::new(),
-            unattributed_temp_files: 0,
-            unattributed_temp_bytes: 0,
-            classes: BTreeMap::new(),
-            input: InputStats::default(),
-            first_seen: None,
-            last_seen: None,
+            rest: Observations::default(),
         }
     }
 
     /// Merges one agent's (or one file's) observations.
-    pub fn ingest(&mut self, obs: Observations) {
-        for (key, stats) in obs.statements {
+    pub fn ingest(&mut self, mut obs: Observations) {
+        for (key, stats) in std::mem::take(&mut obs.statements) {
             let (fingerprint, method) = if key.text == OVERFLOW_TEXT {
                 (OVERFLOW_FINGERPRINT, Method::Fallback)
             } else {
@@ -109,28 +97,24 @@ impl Store {
                 }
             }
         }
-        self.overflow_calls += obs.overflow_calls;
-        for (k, v) in obs.locks {
-            if !self.locks.contains_key(&k) && self.locks.len() >= self.cfg.max_locks {
+        let cap = self.cfg.max_locks;
+        let known = &self.rest.locks;
+        let mut kept = 0;
+        obs.locks.retain(|k, v| {
+            let keep = known.contains_key(k) || known.len() + kept < cap;
+            if keep {
+                kept += usize::from(!known.contains_key(k));
+            } else {
                 self.overflow_locks += v.waits + v.deadlocks;
-                continue;
             }
-            self.locks.entry(k).or_default().merge(&v);
-        }
-        self.overflow_locks += obs.overflow_locks;
-        for (k, v) in obs.unattributed_errors {
-            *self.unattributed_errors.entry(k).or_default() += v;
-        }
-        self.unattributed_temp_files += obs.unattributed_temp_files;
-        self.unattributed_temp_bytes += obs.unattributed_temp_bytes;
-        for (k, v) in obs.classes {
-            *self.classes.entry(k).or_default() += v;
-        }
-        self.input.merge(&obs.input);
-        for t in [obs.first_seen, obs.last_seen].into_iter().flatten() {
-            self.first_seen = Some(self.first_seen.map_or(t, |f| f.min(t)));
-            self.last_seen = Some(self.last_seen.map_or(t, |l| l.max(t)));
-        }
+            keep
+        });
+        self.rest.merge(obs);
+    }
+
+    /// Calls folded into `<other>`, here and at the agents.
+    pub fn total_overflow_calls(&self) -> u64 {
+        self.overflow_calls + self.rest.overflow_calls
     }
 
     pub fn fingerprint_stats(&self) -> crate::fingerprint::FingerprintStats {
@@ -189,5 +173,27 @@ mod tests {
         let overflow = s.queries.iter().find(|(k, _)| k.fingerprint == OVERFLOW_FINGERPRINT).unwrap().1;
         assert_eq!(overflow.stats.calls, 2);
         assert_eq!(overflow.text, OVERFLOW_TEXT);
+    }
+
+    #[test]
+    fn the_lock_cap_counts_what_it_drops() {
+        use querywatch_wire::observations::{LockKey, LockStats};
+        let mut s = Store::new(StoreConfig { max_locks: 1, ..StoreConfig::default() });
+        let mut o = Observations::default();
+        for mode in ["ShareLock", "ExclusiveLock"] {
+            let key = LockKey {
+                database: "db".into(),
+                waiter: String::new(),
+                blocker: String::new(),
+                mode: mode.into(),
+                object: "transaction".into(),
+            };
+            o.locks.insert(key, LockStats { waits: 2, ..LockStats::default() });
+        }
+        s.ingest(o.clone());
+        s.ingest(o);
+        assert_eq!(s.rest.locks.len(), 1);
+        assert_eq!(s.rest.locks.values().next().unwrap().waits, 4);
+        assert_eq!(s.overflow_locks, 4);
     }
 }

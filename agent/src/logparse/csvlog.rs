@@ -8,7 +8,7 @@
 //! case what was read is emitted truncated and the rest of the record is
 //! skipped by tracking quote parity up to its terminating newline.
 
-use crate::logparse::ParseStats;
+use crate::logparse::{ParseStats, count_entry};
 use crate::logparse::entry::{LogEntry, Severity, SqlState, text};
 use crate::logparse::time::parse_timestamp;
 use csv::{ByteRecord, ReaderBuilder};
@@ -151,9 +151,7 @@ impl CsvParser {
             statement: field(QUERY),
             truncated,
         };
-        self.stats.entries += 1;
-        self.stats.truncated += u64::from(truncated);
-        self.stats.invalid_utf8 += u64::from(lossy);
+        count_entry(&mut self.stats, truncated, lossy);
         sink(entry);
     }
 }

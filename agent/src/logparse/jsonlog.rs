@@ -6,7 +6,7 @@
 //! it; it is skipped and counted as truncated (the design bounds memory by
 //! the cap, not by the longest line).
 
-use crate::logparse::ParseStats;
+use crate::logparse::{ParseStats, count_entry};
 use crate::logparse::entry::{LogEntry, Severity, SqlState};
 use crate::logparse::time::parse_timestamp;
 use serde::Deserialize;
@@ -138,8 +138,7 @@ impl JsonParser {
             statement: rec.statement,
             truncated: false,
         };
-        self.stats.entries += 1;
-        self.stats.invalid_utf8 += u64::from(lossy);
+        count_entry(&mut self.stats, false, lossy);
         sink(entry);
     }
 }

@@ -23,15 +23,16 @@ use std::str::FromStr;
 /// Default cap on one log entry (message with all its lines).
 pub const DEFAULT_ENTRY_CAP: usize = 1 << 20;
 
-/// Counters every parser keeps.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ParseStats {
-    pub bytes: u64,
-    pub lines: u64,
-    pub entries: u64,
-    pub unparsed: u64,
-    pub truncated: u64,
-    pub invalid_utf8: u64,
+/// Counters every parser keeps: the wire's input counters, so what a
+/// parser counted merges into `Observations` as is. Parsers fill bytes,
+/// lines, entries, unparsed, truncated and invalid_utf8.
+pub type ParseStats = querywatch_wire::observations::InputStats;
+
+/// Counts one emitted entry.
+fn count_entry(stats: &mut ParseStats, truncated: bool, lossy: bool) {
+    stats.entries += 1;
+    stats.truncated += u64::from(truncated);
+    stats.invalid_utf8 += u64::from(lossy);
 }
 
 /// The log formats PostgreSQL writes.

@@ -10,7 +10,7 @@
 //! is emitted truncated and the rest of it is skipped, so memory stays
 //! bounded by the cap whatever the input.
 
-use crate::logparse::ParseStats;
+use crate::logparse::{ParseStats, count_entry};
 use crate::logparse::entry::{LogEntry, Secondary, text};
 use crate::logparse::prefix::{Label, Prefix, PrefixMatch};
 use std::borrow::Cow;
@@ -281,10 +281,8 @@ impl StderrParser {
                 Secondary::Query | Secondary::Location => {}
             }
         }
-        self.stats.entries += 1;
         self.stats.unparsed += p.unparsed;
-        self.stats.truncated += u64::from(p.truncated);
-        self.stats.invalid_utf8 += u64::from(lossy);
+        count_entry(&mut self.stats, p.truncated, lossy);
         sink(entry);
     }
 }
