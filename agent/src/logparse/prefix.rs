@@ -12,7 +12,6 @@
 
 use crate::logparse::entry::{Secondary, Severity, SqlState};
 use crate::logparse::time::{parse_epoch, parse_timestamp};
-use memchr::memmem;
 use querywatch_wire::stats::EpochMillis;
 use std::ops::Range;
 
@@ -112,7 +111,6 @@ pub struct PrefixMatch {
 pub struct Prefix {
     source: String,
     items: Vec<Item>,
-    finders: Vec<Option<memmem::Finder<'static>>>,
     /// No known prefix: find the label, take what can be recognized before it.
     heuristic: bool,
 }
@@ -203,14 +201,7 @@ impl Prefix {
         if !lit.is_empty() {
             items.push(Item::Literal(lit));
         }
-        let finders = items
-            .iter()
-            .map(|it| match it {
-                Item::Literal(l) => Some(memmem::Finder::new(l).into_owned()),
-                _ => None,
-            })
-            .collect();
-        Ok(Prefix { source: prefix.to_owned(), items, finders, heuristic: false })
+        Ok(Prefix { source: prefix.to_owned(), items, heuristic: false })
     }
 
     /// A prefix for logs whose `log_line_prefix` is unknown: a line is an
@@ -219,7 +210,7 @@ impl Prefix {
     /// `[pid]` are taken, user and database are not known. Degraded, but it
     /// reads any prefix that ends with a space, which pgbadger cannot.
     pub fn heuristic() -> Prefix {
-        Prefix { source: HEURISTIC.to_owned(), items: Vec::new(), finders: Vec::new(), heuristic: true }
+        Prefix { source: HEURISTIC.to_owned(), items: Vec::new(), heuristic: true }
     }
 
     pub fn is_heuristic(&self) -> bool {
@@ -239,9 +230,10 @@ impl Prefix {
     /// Whether the prefix carries a timestamp (`%t`, `%m` or `%n`).
     pub fn has_time(&self) -> bool {
         self.heuristic
-            || self.items
-            .iter()
-            .any(|i| matches!(i, Item::Field { field: Field::Timestamp | Field::TimestampMs | Field::Epoch, .. }))
+            || self
+                .items
+                .iter()
+                .any(|i| matches!(i, Item::Field { field: Field::Timestamp | Field::TimestampMs | Field::Epoch, .. }))
     }
 
     /// Matches the prefix at the start of `line`, followed by a message label.
@@ -249,9 +241,52 @@ impl Prefix {
         if self.heuristic {
             return heuristic_match(line);
         }
+        if let Some(m) = self.first_try(line) {
+            return Some(m);
+        }
         let mut fields = PrefixFields::default();
         let mut steps = 0;
         let (label, message_start) = self.match_from(0, line, 0, &mut fields, &mut steps)?;
+        Some(PrefixMatch { fields, label, message_start })
+    }
+
+    /// The common case without backtracking: every free-text value ends at
+    /// the first occurrence of the literal after it, and `%q` stops where a
+    /// label follows. About half the cost of the general matcher, which
+    /// runs when this gives up (a value containing its delimiter, a
+    /// free-text field not followed by a literal, a line that is no entry).
+    fn first_try(&self, line: &[u8]) -> Option<PrefixMatch> {
+        let mut fields = PrefixFields::default();
+        let mut pos = 0;
+        for (i, item) in self.items.iter().enumerate() {
+            match item {
+                Item::Literal(l) => {
+                    if !line[pos..].starts_with(l) {
+                        return None;
+                    }
+                    pos += l.len();
+                }
+                Item::StopUnlessSession => {
+                    if let Some((label, message_start)) = label_at(line, pos) {
+                        return Some(PrefixMatch { fields, label, message_start });
+                    }
+                }
+                Item::Field { field, pad } if field.is_free_text() => {
+                    let Some(Item::Literal(next)) = self.items.get(i + 1) else { return None };
+                    let limit = line.len().min(pos + MAX_FREE_TEXT);
+                    let end = pos + find(&line[pos..limit], next)?;
+                    let range = if *pad != 0 { trim_spaces(line, pos..end) } else { pos..end };
+                    store_text(*field, range, &mut fields);
+                    pos = end;
+                }
+                Item::Field { field, pad } => {
+                    let (value, end) = shaped_padded(*field, *pad, line, pos)?;
+                    value.store(&mut fields);
+                    pos = end;
+                }
+            }
+        }
+        let (label, message_start) = label_at(line, pos)?;
         Some(PrefixMatch { fields, label, message_start })
     }
 
@@ -283,18 +318,7 @@ impl Prefix {
                 self.match_free_text(idx, *field, *pad, line, pos, out, steps)
             }
             Item::Field { field, pad } => {
-                let mut p = pos;
-                if *pad > 0 {
-                    while p < line.len() && line[p] == b' ' && p - pos < *pad as usize {
-                        p += 1;
-                    }
-                }
-                let (value, mut end) = shaped(*field, line, p)?;
-                if *pad < 0 {
-                    while end < line.len() && line[end] == b' ' && end - pos < pad.unsigned_abs() as usize {
-                        end += 1;
-                    }
-                }
+                let (value, end) = shaped_padded(*field, *pad, line, pos)?;
                 let r = self.match_from(idx + 1, line, end, out, steps)?;
                 value.store(out);
                 Some(r)
@@ -323,13 +347,13 @@ impl Prefix {
             store_text(field, range, out);
             Some(r)
         };
-        match (self.items.get(idx + 1), self.finders.get(idx + 1)) {
+        match self.items.get(idx + 1) {
             // Followed by a literal: candidate ends are its occurrences.
-            (Some(Item::Literal(_)), Some(Some(finder))) => {
+            Some(Item::Literal(lit)) => {
                 let mut from = pos;
                 while from <= limit {
                     let hay = &line[from..limit];
-                    let off = finder.find(hay)?;
+                    let off = find(hay, lit)?;
                     if let Some(r) = try_end(from + off, out, steps) {
                         return Some(r);
                     }
@@ -378,6 +402,22 @@ impl Value {
     }
 }
 
+/// First occurrence of `needle` in `hay`. Prefix literals are a few bytes
+/// and values short, where memchr on the first byte beats a general
+/// substring searcher's set-up cost.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(first, &hay[from..]) {
+        let at = from + i;
+        if hay[at + 1..].starts_with(rest) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 fn store_text(field: Field, range: Range<usize>, out: &mut PrefixFields) {
     match field {
         Field::User => out.user = Some(range),
@@ -401,6 +441,23 @@ fn digit_run(line: &[u8], pos: usize) -> usize {
     line[pos..].iter().take_while(|b| b.is_ascii_digit()).count()
 }
 
+/// A fixed-shape field with its padding: `%5p` pads on the left, `%-5p` on the right.
+fn shaped_padded(field: Field, pad: i32, line: &[u8], pos: usize) -> Option<(Value, usize)> {
+    let mut p = pos;
+    if pad > 0 {
+        while p < line.len() && line[p] == b' ' && p - pos < pad as usize {
+            p += 1;
+        }
+    }
+    let (value, mut end) = shaped(field, line, p)?;
+    if pad < 0 {
+        while end < line.len() && line[end] == b' ' && end - pos < pad.unsigned_abs() as usize {
+            end += 1;
+        }
+    }
+    Some((value, end))
+}
+
 /// Parses a fixed-shape field at `pos`; returns its value and end.
 fn shaped(field: Field, line: &[u8], pos: usize) -> Option<(Value, usize)> {
     match field {
@@ -421,7 +478,9 @@ fn shaped(field: Field, line: &[u8], pos: usize) -> Option<(Value, usize)> {
             if n == 0 || n > 10 {
                 return None;
             }
-            let pid = line[pos..pos + n].iter().try_fold(0u32, |acc, d| acc.checked_mul(10)?.checked_add(u32::from(d - b'0')))?;
+            let pid = line[pos..pos + n]
+                .iter()
+                .try_fold(0u32, |acc, d| acc.checked_mul(10)?.checked_add(u32::from(d - b'0')))?;
             Some((Value::Pid(pid), pos + n))
         }
         // Empty unless the process is a parallel worker.
@@ -472,7 +531,8 @@ fn heuristic_match(line: &[u8]) -> Option<PrefixMatch> {
     let (label, message_start, at) = loop {
         let i = memchr::memchr(b':', &window[from..])? + from;
         // Walk back over the label word.
-        let start = window[..i].iter().rposition(|b| !(b.is_ascii_uppercase() || b.is_ascii_digit())).map_or(0, |p| p + 1);
+        let start =
+            window[..i].iter().rposition(|b| !(b.is_ascii_uppercase() || b.is_ascii_digit())).map_or(0, |p| p + 1);
         if (start == 0 || window[start - 1] == b' ')
             && window.get(i + 1..i + 3) == Some(b"  ")
             && let Some((label, msg)) = label_at(line, start)
