@@ -23,7 +23,7 @@ use querywatch_wire::Observations;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{IsTerminal, Read};
+use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -55,7 +55,7 @@ pub enum Sort {
     after_help = "Examples:\n  querywatch analyze /var/log/postgresql/postgresql-15-main.log\n  querywatch analyze --format json --top 0 'pg_log/postgresql-*.csv'\n  querywatch analyze --prefix '%t [%p]: user=%u,db=%d ' --since '2026-11-24 09:00' postgresql.log.1.gz"
 )]
 pub struct AnalyzeArgs {
-    /// Log files, directories (their files, in name order) or glob patterns; `.gz` is read as gzip.
+    /// Log files, directories (their files, in name order), glob patterns, or `-` for standard input; gzip is detected.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<String>,
     /// Log format of the input.
@@ -103,6 +103,8 @@ struct Settings {
 }
 
 const CHUNK: usize = 4 << 20;
+/// The path that means standard input.
+const STDIN: &str = "-";
 
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let settings = settings(&args)?;
@@ -214,7 +216,9 @@ fn expand_paths(paths: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         let path = Path::new(p);
-        if path.is_dir() {
+        if p == STDIN {
+            out.push(path.to_path_buf());
+        } else if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .with_context(|| format!("reading directory {p}"))?
                 .filter_map(Result::ok)
@@ -301,13 +305,18 @@ enum FileError {
     Read { offset: u64, source: std::io::Error },
 }
 
+/// Opens a file (or standard input for `-`), decompressing gzip by its
+/// magic bytes. The magic is peeked through a buffer rather than by
+/// reopening, so pipes (`<(zcat …)`, `-`) work too.
 fn open(path: &Path) -> Result<Box<dyn Read + Send>, FileError> {
-    let mut f = File::open(path).map_err(FileError::Open)?;
-    let mut magic = [0u8; 2];
-    let n = f.read(&mut magic).map_err(FileError::Open)?;
-    let f = File::open(path).map_err(FileError::Open)?;
-    let gz = n == 2 && magic == [0x1f, 0x8b];
-    Ok(if gz { Box::new(MultiGzDecoder::new(f)) } else { Box::new(f) })
+    let inner: Box<dyn Read + Send> = if path == Path::new(STDIN) {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(File::open(path).map_err(FileError::Open)?)
+    };
+    let mut buffered = BufReader::with_capacity(64 << 10, inner);
+    let gz = buffered.fill_buf().map_err(FileError::Open)?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gz { Box::new(MultiGzDecoder::new(buffered)) } else { Box::new(buffered) })
 }
 
 fn analyze_file(path: &Path, s: &Settings, progress: &ProgressBar) -> Result<Observations, FileError> {
@@ -432,6 +441,22 @@ mod tests {
         assert!(err.contains("no file matches"), "{err}");
         let err = expand_paths(&["/no/such/file.log".to_owned()]).unwrap_err().to_string();
         assert!(err.contains("no such file"), "{err}");
+    }
+
+    #[test]
+    fn pipes_are_read_without_reopening() {
+        // A FIFO cannot be reopened to re-read its first bytes: the gzip
+        // sniffing must work through the buffer.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.log");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(status.success());
+        let writer_path = fifo.clone();
+        let writer = std::thread::spawn(move || std::fs::write(writer_path, LOG).unwrap());
+        let obs = analyze_file(&fifo, &settings(vec![]), &ProgressBar::hidden()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(obs.input.entries, 2);
+        assert_eq!(obs.input.bytes, LOG.len() as u64);
     }
 
     #[test]

@@ -14,7 +14,9 @@ const CONF: &str = include_str!("../../tests/fixtures/workload/postgresql.conf")
 /// The fixture run's `log_line_prefix`, from the config the generator used.
 fn prefix() -> String {
     CONF.lines()
-        .find_map(|l| l.strip_prefix("log_line_prefix")?.split_once('\'').map(|(_, r)| r.rsplit_once('\'').unwrap().0.to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("log_line_prefix")?.split_once('\'').map(|(_, r)| r.rsplit_once('\'').unwrap().0.to_owned())
+        })
         .expect("log_line_prefix in tests/fixtures/workload/postgresql.conf")
 }
 

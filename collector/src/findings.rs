@@ -418,9 +418,12 @@ mod tests {
             mode: "ShareLock".into(),
             object: "transaction".into(),
         };
-        s.rest.locks
+        s.rest
+            .locks
             .insert(key.clone(), LockStats { waits: 2, max_wait: Duration::from_millis(1200), ..LockStats::default() });
-        s.rest.locks.insert(LockKey { mode: "deadlock".into(), ..key }, LockStats { deadlocks: 1, ..LockStats::default() });
+        s.rest
+            .locks
+            .insert(LockKey { mode: "deadlock".into(), ..key }, LockStats { deadlocks: 1, ..LockStats::default() });
         let out = detect(&s, &DetectorConfig::default());
         let kinds: Vec<Kind> = out.iter().map(|f| f.kind).collect();
         assert_eq!(kinds, vec![Kind::Deadlock, Kind::LockContention]);

@@ -6,8 +6,8 @@
 //! - [`plan`] — what an auto_explain plan says (seq scans, spills, loops).
 //! - [`findings`] — detectors: pure functions of a store snapshot.
 //! - [`report`] — the report (`analyze` now, the API later), text and JSON.
-pub mod fingerprint;
 pub mod findings;
+pub mod fingerprint;
 pub mod plan;
 pub mod report;
 pub mod store;

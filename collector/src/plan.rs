@@ -127,11 +127,7 @@ pub fn analyze_plan(plan: &str) -> Result<PlanInsights, PlanAnalysisError> {
     if trimmed.trim_end().is_empty() {
         return Err(PlanAnalysisError::Empty);
     }
-    let tree = if trimmed.starts_with(['{', '[']) {
-        read_json(trimmed)?
-    } else {
-        read_text(plan)?
-    };
+    let tree = if trimmed.starts_with(['{', '[']) { read_json(trimmed)? } else { read_text(plan)? };
     Ok(tree.insights())
 }
 
@@ -207,11 +203,7 @@ impl SpillSigns {
         if what.is_empty() {
             what.push("disk".to_owned());
         }
-        Some(Spill {
-            node: node_type.to_owned(),
-            what: what.join(", "),
-            disk_kb,
-        })
+        Some(Spill { node: node_type.to_owned(), what: what.join(", "), disk_kb })
     }
 }
 
@@ -240,11 +232,7 @@ impl Tree {
                 insights.spills.push(spill);
             }
             if node.name.starts_with("Nested Loop") {
-                let mut inputs = node
-                    .children
-                    .iter()
-                    .filter_map(|&c| self.nodes.get(c))
-                    .filter(|c| !c.subplan);
+                let mut inputs = node.children.iter().filter_map(|&c| self.nodes.get(c)).filter(|c| !c.subplan);
                 if let (Some(outer), Some(inner)) = (inputs.next(), inputs.next()) {
                     insights.nested_loops.push(NestedLoop {
                         node: node.name.clone(),
@@ -266,9 +254,7 @@ impl Tree {
             None => name.clone(),
         };
         let removed = match (node.actual, &node.filter) {
-            (Some(actual), Some(_)) => Some(count(
-                node.rows_removed_by_filter.unwrap_or(0.0) * actual.loops,
-            )),
+            (Some(actual), Some(_)) => Some(count(node.rows_removed_by_filter.unwrap_or(0.0) * actual.loops)),
             _ => None,
         };
         SeqScan {
@@ -276,11 +262,7 @@ impl Tree {
             alias: node.alias.clone().unwrap_or(name),
             parallel: node.name.starts_with("Parallel "),
             filter: node.filter.clone(),
-            filter_columns: node
-                .filter
-                .as_deref()
-                .map(filter_columns)
-                .unwrap_or_default(),
+            filter_columns: node.filter.as_deref().map(filter_columns).unwrap_or_default(),
             actual_rows: node.actual.map(|a| count(a.rows * a.loops)),
             rows_removed_by_filter: removed,
             loops: node.actual.map(|a| count(a.loops)),
@@ -312,9 +294,7 @@ fn read_json(plan: &str) -> Result<Tree, PlanAnalysisError> {
     let value: Value = serde_json::from_str(plan).map_err(PlanAnalysisError::Json)?;
     // EXPLAIN prints `[ { "Plan": … } ]`; auto_explain prints `{ "Plan": … }`.
     let top = match &value {
-        Value::Array(items) => items.first().ok_or(PlanAnalysisError::JsonShape(
-            "empty array instead of a plan",
-        ))?,
+        Value::Array(items) => items.first().ok_or(PlanAnalysisError::JsonShape("empty array instead of a plan"))?,
         other => other,
     };
     let Value::Object(top) = top else {
@@ -345,9 +325,7 @@ fn read_json(plan: &str) -> Result<Tree, PlanAnalysisError> {
                 // Reverse so that children are numbered (and listed) in order.
                 for child in children.iter().rev() {
                     let Value::Object(child) = child else {
-                        return Err(PlanAnalysisError::JsonShape(
-                            "a \"Plans\" entry is not an object",
-                        ));
+                        return Err(PlanAnalysisError::JsonShape("a \"Plans\" entry is not an object"));
                     };
                     pending.push((child, Some(index)));
                 }
@@ -360,9 +338,7 @@ fn read_json(plan: &str) -> Result<Tree, PlanAnalysisError> {
 
 fn json_node(object: &Map<String, Value>) -> Result<Node, PlanAnalysisError> {
     let Some(Value::String(node_type)) = object.get("Node Type") else {
-        return Err(PlanAnalysisError::JsonShape(
-            "a plan node without a \"Node Type\" string",
-        ));
+        return Err(PlanAnalysisError::JsonShape("a plan node without a \"Node Type\" string"));
     };
     let text = |key: &str| match object.get(key) {
         Some(Value::String(s)) => Some(s.clone()),
@@ -401,10 +377,7 @@ fn json_node(object: &Map<String, Value>) -> Result<Node, PlanAnalysisError> {
         rows_removed_by_filter: number("Rows Removed by Filter"),
         spill,
         children: Vec::new(),
-        subplan: matches!(
-            object.get("Parent Relationship").and_then(Value::as_str),
-            Some("InitPlan" | "SubPlan")
-        ),
+        subplan: matches!(object.get("Parent Relationship").and_then(Value::as_str), Some("InitPlan" | "SubPlan")),
     })
 }
 
@@ -435,15 +408,10 @@ fn json_spill_signs(object: &Map<String, Value>, spill: &mut SpillSigns) {
             continue;
         };
         if let Some(Value::Array(methods)) = group.get("Sort Methods Used") {
-            methods
-                .iter()
-                .filter_map(Value::as_str)
-                .for_each(|m| spill.add_sort_method(m));
+            methods.iter().filter_map(Value::as_str).for_each(|m| spill.add_sort_method(m));
         }
-        if let Some(kb) = group
-            .get("Sort Space Disk")
-            .and_then(|d| d.get("Peak Sort Space Used"))
-            .and_then(Value::as_f64)
+        if let Some(kb) =
+            group.get("Sort Space Disk").and_then(|d| d.get("Peak Sort Space Used")).and_then(Value::as_f64)
         {
             spill.add_disk_kb(kb as u64);
         }
@@ -502,10 +470,7 @@ fn read_text(plan: &str) -> Result<Tree, PlanAnalysisError> {
 
     for (index, raw) in plan.lines().enumerate() {
         let line_no = index + 1;
-        let text_err = |problem| PlanAnalysisError::Text {
-            line: line_no,
-            problem,
-        };
+        let text_err = |problem| PlanAnalysisError::Text { line: line_no, problem };
         let rest = raw.trim_start_matches(' ');
         let rest = rest.trim_end();
         if rest.is_empty() {
@@ -514,14 +479,10 @@ fn read_text(plan: &str) -> Result<Tree, PlanAnalysisError> {
         let column = raw.len() - raw.trim_start_matches(' ').len();
 
         if nodes.is_empty() {
-            let node = parse_header(rest).ok_or(text_err(
-                "the first line is not a plan node line (e.g. \"Seq Scan on t  (cost=…)\")",
-            ))?;
+            let node = parse_header(rest)
+                .ok_or(text_err("the first line is not a plan node line (e.g. \"Seq Scan on t  (cost=…)\")"))?;
             nodes.push(node);
-            stack.push(Frame {
-                column,
-                node: Some(0),
-            });
+            stack.push(Frame { column, node: Some(0) });
             current = Some(0);
             continue;
         }
@@ -549,10 +510,7 @@ fn read_text(plan: &str) -> Result<Tree, PlanAnalysisError> {
             if let Some(p) = nodes.get_mut(parent) {
                 p.children.push(child);
             }
-            stack.push(Frame {
-                column,
-                node: Some(child),
-            });
+            stack.push(Frame { column, node: Some(child) });
             current = Some(child);
         } else if column == 0 {
             // Trailers: Planning Time, Execution Time, Trigger …, JIT:, Settings.
@@ -583,10 +541,8 @@ fn parse_header(header: &str) -> Option<Node> {
     if !header.starts_with(|c: char| c.is_ascii_uppercase()) {
         return None;
     }
-    let name_end = ["  (cost=", " (actual ", " (never executed)"]
-        .iter()
-        .filter_map(|marker| header.find(marker))
-        .min()?;
+    let name_end =
+        ["  (cost=", " (actual ", " (never executed)"].iter().filter_map(|marker| header.find(marker)).min()?;
     let (description, mut stats) = header.split_at(name_end);
 
     let mut actual = None;
@@ -626,17 +582,9 @@ fn parse_header(header: &str) -> Option<Node> {
                     _ => {}
                 }
             }
-            actual = Some(Actual {
-                rows: rows?,
-                loops: loops?,
-                total_ms,
-            });
+            actual = Some(Actual { rows: rows?, loops: loops?, total_ms });
         } else if inside == "never executed" {
-            actual = Some(Actual {
-                rows: 0.0,
-                loops: 0.0,
-                total_ms: None,
-            });
+            actual = Some(Actual { rows: 0.0, loops: 0.0, total_ms: None });
         } else {
             return None;
         }
@@ -645,10 +593,7 @@ fn parse_header(header: &str) -> Option<Node> {
         return None;
     }
 
-    let mut node = Node {
-        actual,
-        ..Node::default()
-    };
+    let mut node = Node { actual, ..Node::default() };
     // `<Type> [Backward] using <index> on <relation> [alias]` or
     // `<Type> on <relation> [alias]` or just `<Type>`.
     let (kind, target) = match description.find(" using ") {
@@ -682,24 +627,19 @@ fn keyed_number(part: &str, key: &str) -> Option<f64> {
 
 /// Applies one detail line (`Key: value`) to the node it belongs to.
 fn apply_detail(node: &mut Node, line: &str) -> Result<(), &'static str> {
-    let Some((key, value)) = line
-        .split_once(": ")
-        .or_else(|| Some((line.strip_suffix(':')?, "")))
-    else {
+    let Some((key, value)) = line.split_once(": ").or_else(|| Some((line.strip_suffix(':')?, ""))) else {
         return Ok(());
     };
     match key {
         "Filter" => node.filter = Some(value.to_owned()),
         "Rows Removed by Filter" => {
-            let removed = value
-                .parse::<f64>()
-                .map_err(|_| "\"Rows Removed by Filter\" is not a number")?;
+            let removed = value.parse::<f64>().map_err(|_| "\"Rows Removed by Filter\" is not a number")?;
             node.rows_removed_by_filter = Some(removed);
         }
         // Expressions: may contain two spaces, never spill statistics.
-        "Output" | "Join Filter" | "Index Cond" | "Recheck Cond" | "Hash Cond" | "Merge Cond"
-        | "One-Time Filter" | "TID Cond" | "Sort Key" | "Group Key" | "Presorted Key"
-        | "Cache Key" | "Function Call" | "Hash Key" | "Run Condition" | "Order By" => {}
+        "Output" | "Join Filter" | "Index Cond" | "Recheck Cond" | "Hash Cond" | "Merge Cond" | "One-Time Filter"
+        | "TID Cond" | "Sort Key" | "Group Key" | "Presorted Key" | "Cache Key" | "Function Call" | "Hash Key"
+        | "Run Condition" | "Order By" => {}
         _ => apply_statistics(&mut node.spill, line)?,
     }
     Ok(())
@@ -726,11 +666,8 @@ fn apply_statistics(spill: &mut SpillSigns, line: &str) -> Result<(), &'static s
                 spill.add_disk_kb(kilobytes(value).ok_or("malformed kB value")?);
             }
             "Batches" => {
-                let batches = value
-                    .split(' ')
-                    .next()
-                    .and_then(|b| b.parse::<u64>().ok())
-                    .ok_or("\"Batches\" is not a number")?;
+                let batches =
+                    value.split(' ').next().and_then(|b| b.parse::<u64>().ok()).ok_or("\"Batches\" is not a number")?;
                 spill.add_batches(batches);
             }
             "Storage" if value == "Disk" => spill.disk_storage = true,
@@ -869,8 +806,7 @@ pub fn filter_columns(expr: &str) -> Vec<String> {
                 }
                 // E'…', B'…', X'…' prefixes are upper case and skipped above.
                 let is_call = next == Some(b'(');
-                let is_word =
-                    parts.len() == 1 && matches!(last.as_str(), "true" | "false" | "hashed");
+                let is_word = parts.len() == 1 && matches!(last.as_str(), "true" | "false" | "hashed");
                 if is_call || is_word || dangling_dot || preceded_by_dot || last.is_empty() {
                     continue;
                 }
@@ -1010,83 +946,30 @@ mod tests {
     /// (scenario, text plan, JSON plan), all real PostgreSQL 15 output from
     /// tests/fixtures/plans/generate.sh.
     const PLANS: &[(&str, &str, &str)] = &[
-        (
-            "seqscan_filter",
-            fixture!("seqscan_filter.txt"),
-            fixture!("seqscan_filter.json"),
-        ),
-        (
-            "sort_spill",
-            fixture!("sort_spill.txt"),
-            fixture!("sort_spill.json"),
-        ),
-        (
-            "hash_batches",
-            fixture!("hash_batches.txt"),
-            fixture!("hash_batches.json"),
-        ),
-        (
-            "hashagg_spill",
-            fixture!("hashagg_spill.txt"),
-            fixture!("hashagg_spill.json"),
-        ),
-        (
-            "nested_loop",
-            fixture!("nested_loop.txt"),
-            fixture!("nested_loop.json"),
-        ),
-        (
-            "partitioned",
-            fixture!("partitioned.txt"),
-            fixture!("partitioned.json"),
-        ),
-        (
-            "parallel_seqscan",
-            fixture!("parallel_seqscan.txt"),
-            fixture!("parallel_seqscan.json"),
-        ),
-        (
-            "index_scan",
-            fixture!("index_scan.txt"),
-            fixture!("index_scan.json"),
-        ),
-        (
-            "expressions",
-            fixture!("expressions.txt"),
-            fixture!("expressions.json"),
-        ),
-        (
-            "tid_scan",
-            fixture!("tid_scan.txt"),
-            fixture!("tid_scan.json"),
-        ),
+        ("seqscan_filter", fixture!("seqscan_filter.txt"), fixture!("seqscan_filter.json")),
+        ("sort_spill", fixture!("sort_spill.txt"), fixture!("sort_spill.json")),
+        ("hash_batches", fixture!("hash_batches.txt"), fixture!("hash_batches.json")),
+        ("hashagg_spill", fixture!("hashagg_spill.txt"), fixture!("hashagg_spill.json")),
+        ("nested_loop", fixture!("nested_loop.txt"), fixture!("nested_loop.json")),
+        ("partitioned", fixture!("partitioned.txt"), fixture!("partitioned.json")),
+        ("parallel_seqscan", fixture!("parallel_seqscan.txt"), fixture!("parallel_seqscan.json")),
+        ("index_scan", fixture!("index_scan.txt"), fixture!("index_scan.json")),
+        ("expressions", fixture!("expressions.txt"), fixture!("expressions.json")),
+        ("tid_scan", fixture!("tid_scan.txt"), fixture!("tid_scan.json")),
     ];
 
     fn both(name: &str) -> [(String, PlanInsights); 2] {
         let (_, text, json) = PLANS.iter().find(|(n, _, _)| *n == name).unwrap();
-        [
-            (format!("{name}.txt"), analyze_plan(text).unwrap()),
-            (format!("{name}.json"), analyze_plan(json).unwrap()),
-        ]
+        [(format!("{name}.txt"), analyze_plan(text).unwrap()), (format!("{name}.json"), analyze_plan(json).unwrap())]
     }
 
     /// (relation, alias, filter columns, total rows, total removed, loops)
-    type ScanRow = (
-        &'static str,
-        &'static str,
-        &'static [&'static str],
-        u64,
-        u64,
-        u64,
-    );
+    type ScanRow = (&'static str, &'static str, &'static [&'static str], u64, u64, u64);
 
     #[test]
     fn seq_scans_report_relation_filter_columns_and_totals() {
         let cases: &[(&str, &[ScanRow])] = &[
-            (
-                "seqscan_filter",
-                &[("public.orders", "o", &["note", "customer_id"], 10, 99990, 1)],
-            ),
+            ("seqscan_filter", &[("public.orders", "o", &["note", "customer_id"], 10, 99990, 1)]),
             (
                 "partitioned",
                 &[
@@ -1097,23 +980,11 @@ mod tests {
             ),
             // Per-loop averages × 3 loops (leader + 2 workers): 10 rows were
             // returned, printed as rows=3 (10/3 rounded), so 9 comes back.
-            (
-                "parallel_seqscan",
-                &[("public.orders", "orders", &["customer_id"], 9, 99990, 3)],
-            ),
-            (
-                "nested_loop",
-                &[("public.orders", "o", &["amount"], 52800, 47200, 1)],
-            ),
+            ("parallel_seqscan", &[("public.orders", "orders", &["customer_id"], 9, 99990, 3)]),
+            ("nested_loop", &[("public.orders", "o", &["amount"], 52800, 47200, 1)]),
             // Text prints no zero "Rows Removed by Filter"; it still counts as 0.
-            (
-                "hashagg_spill",
-                &[("public.orders", "orders", &["amount"], 100000, 0, 1)],
-            ),
-            (
-                "expressions",
-                &[("public.customers", "customers", &["name"], 0, 10000, 1)],
-            ),
+            ("hashagg_spill", &[("public.orders", "orders", &["amount"], 100000, 0, 1)]),
+            ("expressions", &[("public.customers", "customers", &["name"], 0, 10000, 1)]),
         ];
         for (name, expected) in cases {
             let expected: Vec<_> = expected
@@ -1165,10 +1036,7 @@ mod tests {
         let cases: &[(&str, &[SpillRow])] = &[
             ("sort_spill", &[("Sort", "external merge", Some(8288))]),
             ("hash_batches", &[("Hash", "batches 8", None)]),
-            (
-                "hashagg_spill",
-                &[("HashAggregate", "batches 341", Some(7240))],
-            ),
+            ("hashagg_spill", &[("HashAggregate", "batches 341", Some(7240))]),
             ("seqscan_filter", &[]),
             ("nested_loop", &[]),
             ("parallel_seqscan", &[]),
@@ -1176,11 +1044,8 @@ mod tests {
         ];
         for (name, expected) in cases {
             for (label, insights) in both(name) {
-                let got: Vec<(&str, &str, Option<u64>)> = insights
-                    .spills
-                    .iter()
-                    .map(|s| (s.node.as_str(), s.what.as_str(), s.disk_kb))
-                    .collect();
+                let got: Vec<(&str, &str, Option<u64>)> =
+                    insights.spills.iter().map(|s| (s.node.as_str(), s.what.as_str(), s.disk_kb)).collect();
                 assert_eq!(&got, expected, "{label}");
             }
         }
@@ -1215,10 +1080,7 @@ mod tests {
                 assert!(insights.total_time_ms.is_some(), "{label}");
                 assert_eq!(
                     insights,
-                    PlanInsights {
-                        total_time_ms: insights.total_time_ms,
-                        ..PlanInsights::default()
-                    },
+                    PlanInsights { total_time_ms: insights.total_time_ms, ..PlanInsights::default() },
                     "{label}"
                 );
             }
@@ -1242,13 +1104,7 @@ mod tests {
     fn total_time_is_the_top_node_actual_total_time() {
         let text = fixture!("seqscan_filter.txt");
         let first = text.lines().next().unwrap();
-        let total = first
-            .split("actual time=")
-            .nth(1)
-            .unwrap()
-            .split("..")
-            .nth(1)
-            .unwrap();
+        let total = first.split("actual time=").nth(1).unwrap().split("..").nth(1).unwrap();
         let total: f64 = total.split(' ').next().unwrap().parse().unwrap();
         assert_eq!(analyze_plan(text).unwrap().total_time_ms, Some(total));
     }
@@ -1268,15 +1124,10 @@ mod tests {
     #[test]
     fn masked_plans_are_read_the_same() {
         // What the agent sends: literals replaced by placeholders.
-        let plan = fixture!("partitioned.txt")
-            .replace("150", "$1")
-            .replace("'zqzq'::text", "$2::text");
+        let plan = fixture!("partitioned.txt").replace("150", "$1").replace("'zqzq'::text", "$2::text");
         let insights = analyze_plan(&plan).unwrap();
         assert_eq!(insights.seq_scans.len(), 3);
-        assert_eq!(
-            insights.seq_scans[0].filter.as_deref(),
-            Some("((e_1.day >= $1) AND (e_1.kind = $2::text))")
-        );
+        assert_eq!(insights.seq_scans[0].filter.as_deref(), Some("((e_1.day >= $1) AND (e_1.kind = $2::text))"));
         assert_eq!(insights.seq_scans[0].filter_columns, ["day", "kind"]);
     }
 
@@ -1284,23 +1135,14 @@ mod tests {
     fn filter_columns_skip_functions_types_keywords_and_placeholders() {
         let cases: &[(&str, &[&str])] = &[
             ("(customer_id = $1)", &["customer_id"]),
-            (
-                "((o.note <> $1::text) AND (o.customer_id = $2))",
-                &["note", "customer_id"],
-            ),
+            ("((o.note <> $1::text) AND (o.customer_id = $2))", &["note", "customer_id"]),
             ("(lower(c.name) = $1)", &["name"]),
             ("(pg_catalog.lower(name) ~~ $1::text)", &["name"]),
             ("(created_at > (now() - $1::interval))", &["created_at"]),
             ("(t.ts < $1::timestamp without time zone)", &["ts"]),
-            (
-                "((t.v)::character varying(10) = $1::character varying)",
-                &["v"],
-            ),
+            ("((t.v)::character varying(10) = $1::character varying)", &["v"]),
             ("(x::double precision > y)", &["x", "y"]),
-            (
-                "((deleted_at IS NULL) OR (NOT flag))",
-                &["deleted_at", "flag"],
-            ),
+            ("((deleted_at IS NULL) OR (NOT flag))", &["deleted_at", "flag"]),
             ("(status = ANY ($1::text[]))", &["status"]),
             ("(id = ANY (ARRAY[$1, $2]))", &["id"]),
             ("(\"Weird Col\" = $1)", &["Weird Col"]),
@@ -1312,10 +1154,7 @@ mod tests {
             ("((SubPlan 1) > amount)", &["amount"]),
             // PostgreSQL 17 names InitPlan outputs like this.
             ("(amount > (InitPlan 1).col1)", &["amount"]),
-            (
-                "((e.kind = 'zqzq'::text) AND (e.day >= 4711))",
-                &["kind", "day"],
-            ),
+            ("((e.kind = 'zqzq'::text) AND (e.day >= 4711))", &["kind", "day"]),
             ("(note = 'it''s a col = x'::text)", &["note"]),
             ("((t.*)::text = $1)", &[]),
             ("((t.rec).field = $1)", &["rec"]),
@@ -1340,10 +1179,7 @@ mod tests {
             ("detail first", "  Filter: (customer_id = 4711)"),
             ("header cut mid-statistics", header_cut),
             ("bad number", "Seq Scan on t  (cost=0.00..x rows=1 width=4)"),
-            (
-                "orphan child",
-                "  ->  Seq Scan on t  (cost=0.00..1.00 rows=1 width=4)",
-            ),
+            ("orphan child", "  ->  Seq Scan on t  (cost=0.00..1.00 rows=1 width=4)"),
             (
                 "bad rows removed",
                 "Seq Scan on t  (cost=0.00..1.00 rows=1 width=4) (actual time=0.1..0.2 rows=1 loops=1)\n  Filter: (a = $1)\n  Rows Removed by Filter: many",
@@ -1353,10 +1189,7 @@ mod tests {
             ("json empty array", "[]"),
             ("json no plan", "{\"Query Text\": \"SELECT 1\"}"),
             ("json node without type", "{\"Plan\": {\"Plans\": []}}"),
-            (
-                "json child not object",
-                "{\"Plan\": {\"Node Type\": \"Result\", \"Plans\": [1]}}",
-            ),
+            ("json child not object", "{\"Plan\": {\"Node Type\": \"Result\", \"Plans\": [1]}}"),
         ];
         for (name, plan) in cases {
             assert!(analyze_plan(plan).is_err(), "{name}: accepted");

@@ -8,9 +8,9 @@
 //! case what was read is emitted truncated and the rest of the record is
 //! skipped by tracking quote parity up to its terminating newline.
 
-use crate::logparse::{ParseStats, count_entry};
 use crate::logparse::entry::{LogEntry, Severity, SqlState, text};
 use crate::logparse::time::parse_timestamp;
+use crate::logparse::{ParseStats, count_entry};
 use csv::{ByteRecord, ReaderBuilder};
 use std::borrow::Cow;
 

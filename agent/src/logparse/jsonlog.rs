@@ -6,9 +6,9 @@
 //! it; it is skipped and counted as truncated (the design bounds memory by
 //! the cap, not by the longest line).
 
-use crate::logparse::{ParseStats, count_entry};
 use crate::logparse::entry::{LogEntry, Severity, SqlState};
 use crate::logparse::time::parse_timestamp;
+use crate::logparse::{ParseStats, count_entry};
 use serde::Deserialize;
 use std::borrow::Cow;
 

@@ -10,9 +10,9 @@
 //! is emitted truncated and the rest of it is skipped, so memory stays
 //! bounded by the cap whatever the input.
 
-use crate::logparse::{ParseStats, count_entry};
 use crate::logparse::entry::{LogEntry, Secondary, text};
 use crate::logparse::prefix::{Label, Prefix, PrefixMatch};
+use crate::logparse::{ParseStats, count_entry};
 use std::borrow::Cow;
 use std::ops::Range;
 
