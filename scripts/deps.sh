@@ -7,6 +7,10 @@
 #                        on recent Debian, but harmless and explicit)
 #   pgbadger             the peer the benchmark compares against
 #   time                 GNU time: /usr/bin/time -f %M gives the benchmark's peak RSS
+#   python3-venv         the venv below (Debian's python3 has no ensurepip without it)
+#
+# It also creates target/pyenv, a venv with the official Python
+# opentelemetry-proto package, for wire/tests/python_interop.rs.
 #
 # Idempotent: when everything is present it prints only the PostgreSQL bin dir
 # on stdout (so callers can do `PG_BIN=$(scripts/deps.sh)`), nothing else.
@@ -16,7 +20,7 @@
 # behind the user's back.
 set -euo pipefail
 
-packages=(libclang-dev postgresql postgresql-contrib pgbadger time)
+packages=(libclang-dev postgresql postgresql-contrib pgbadger time python3-venv)
 
 # dpkg-query is the authority on "installed"; a binary on PATH may come from a
 # different source, but these are Debian package names, so ask dpkg.
@@ -44,6 +48,20 @@ if ((${#missing[@]} > 0)); then
         echo "run as root:  apt-get update && ${cmd[*]}" >&2
         exit 1
     fi
+fi
+
+# The OTLP interop test decodes our bytes with a decoder we did not write:
+# the Python opentelemetry-proto package, in a venv under target/ (never the
+# system's site-packages). 1.38.0 is generated from OTLP proto v1.7.0; the
+# Rust opentelemetry-proto 0.33 carries v1.10.0, and the metrics, logs,
+# resource and collector messages are the same in both (1.8-1.10 changed
+# comments and profiles-only fields). All output to stderr: stdout is the bin dir.
+otlp_py_version=1.38.0
+pyenv_dir="$(cd "$(dirname "$0")/.." && pwd)/target/pyenv"
+if ! "$pyenv_dir/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('opentelemetry-proto') != '$otlp_py_version')" >/dev/null 2>&1; then
+    echo "deps.sh: creating $pyenv_dir with opentelemetry-proto==$otlp_py_version" >&2
+    python3 -m venv "$pyenv_dir" >&2
+    "$pyenv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "opentelemetry-proto==$otlp_py_version" >&2
 fi
 
 # Find the server binaries. Debian's pg_config (postgresql-common/libpq-dev)

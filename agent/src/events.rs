@@ -98,7 +98,9 @@ struct Session {
     /// Statement text logged by `log_statement`, waiting for its duration.
     pending_text: Option<String>,
     /// parse/bind time waiting for its `execute`.
-    pre_exec: Duration,
+    /// parse/bind time waiting for the `execute` of the same statement text
+    /// (hash of the text, time).
+    pre_exec: Option<(u64, Duration)>,
     /// The last statement this session ran (for naming lock blockers).
     /// Empty when none; reused, so recording it costs a copy, not an allocation.
     last_statement: String,
@@ -211,6 +213,7 @@ impl Sessionizer {
             }
             if let Some(pid) = entry.pid {
                 self.idents.remove(&pid);
+                self.pids.remove(&pid);
             }
             class::DISCONNECTION
         } else if msg.starts_with("checkpoint") || msg.starts_with("restartpoint") {
@@ -274,8 +277,7 @@ impl Sessionizer {
                 let s = self.session(k, entry.pid);
                 // Anything left from parse/bind belonged to a statement that
                 // never executed (or whose execute was not logged).
-                if s.pre_exec > Duration::ZERO {
-                    s.pre_exec = Duration::ZERO;
+                if s.pre_exec.take().is_some() {
                     self.stats.unattributed_durations += 1;
                 }
                 set(&mut self.session(k, entry.pid).last_statement, bounded(text, max));
@@ -289,11 +291,25 @@ impl Sessionizer {
             return class::PLAN;
         }
         for phase in ["parse ", "bind "] {
-            if what.starts_with(phase) {
-                match key {
-                    Some(k) => self.session(k, entry.pid).pre_exec += duration,
-                    None => self.stats.unattributed_durations += 1,
-                }
+            if let Some(rest) = what.strip_prefix(phase) {
+                let text = rest.split_once(": ").map_or("", |(_, t)| t);
+                let Some(k) = key else {
+                    self.stats.unattributed_durations += 1;
+                    return class::DURATION;
+                };
+                let h = text_hash(text);
+                let s = self.session(k, entry.pid);
+                // parse and bind of one statement add up; a different text
+                // means the earlier one never executed.
+                let earlier = match s.pre_exec.take() {
+                    Some((eh, d)) if eh == h => d,
+                    Some(_) => {
+                        self.stats.unattributed_durations += 1;
+                        Duration::ZERO
+                    }
+                    None => Duration::ZERO,
+                };
+                self.session(k, entry.pid).pre_exec = Some((h, earlier + duration));
                 return class::DURATION;
             }
         }
@@ -303,8 +319,12 @@ impl Sessionizer {
             let mut total = duration;
             if let Some(k) = key {
                 let s = self.session(k, entry.pid);
-                total += std::mem::take(&mut s.pre_exec);
-                set(&mut s.last_statement, bounded(text, max));
+                match s.pre_exec.take() {
+                    Some((h, d)) if h == text_hash(text) => total += d,
+                    Some(_) => self.stats.unattributed_durations += 1,
+                    None => {}
+                }
+                set(&mut self.session(k, entry.pid).last_statement, bounded(text, max));
             }
             sink(Event::Statement { ctx, duration: total, text: Cow::Borrowed(text) });
             return class::DURATION;
@@ -355,6 +375,11 @@ impl Sessionizer {
         });
         class::LOCK_WAIT
     }
+}
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(text)
 }
 
 fn set(slot: &mut String, text: &str) {
@@ -410,16 +435,29 @@ fn lock_holders(detail: &str) -> Vec<u32> {
     list.split(',').filter_map(|p| p.trim().parse().ok()).collect()
 }
 
-/// `Process 123: UPDATE …` lines of a deadlock DETAIL.
+/// `Process 123: UPDATE …` parts of a deadlock DETAIL; a statement runs
+/// until the next `Process N: ` line, so multi-line statements stay whole.
 fn deadlock_statements(detail: &str) -> Vec<(u32, &str)> {
-    detail
-        .lines()
-        .filter_map(|l| {
-            let rest = l.trim_start().strip_prefix("Process ")?;
-            let (pid, stmt) = rest.split_once(": ")?;
-            Some((pid.parse().ok()?, stmt))
-        })
-        .collect()
+    let mut out: Vec<(u32, usize, usize)> = Vec::new();
+    let mut offset = 0;
+    for line in detail.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let parsed = line.strip_prefix("Process ").and_then(|rest| {
+            let (pid, _) = rest.split_once(": ")?;
+            Some((pid.parse::<u32>().ok()?, start + "Process ".len() + pid.len() + 2))
+        });
+        match parsed {
+            Some((pid, text_start)) => out.push((pid, text_start, offset)),
+            // Continuation of the statement above (or the "waits for" part).
+            None => {
+                if let Some(last) = out.last_mut() {
+                    last.2 = offset;
+                }
+            }
+        }
+    }
+    out.into_iter().map(|(pid, a, b)| (pid, detail[a..b].trim_end())).collect()
 }
 
 #[cfg(test)]
@@ -506,6 +544,37 @@ mod tests {
             ]
         );
         assert_eq!(stats.unattributed_durations, 0);
+    }
+
+    #[test]
+    fn parse_and_bind_time_goes_only_to_the_execute_of_the_same_text() {
+        let (seen, _, stats) = run(&[
+            entry(1, "duration: 40.000 ms  parse <unnamed>: INSERT INTO t VALUES ($1)"),
+            entry(1, "duration: 10.000 ms  bind <unnamed>: INSERT INTO t VALUES ($1)"),
+            entry(1, "duration: 0.100 ms  parse <unnamed>: SELECT v FROM t WHERE id = $1"),
+            entry(1, "duration: 0.020 ms  bind <unnamed>: SELECT v FROM t WHERE id = $1"),
+            entry(1, "duration: 0.100 ms  execute <unnamed>: SELECT v FROM t WHERE id = $1"),
+            entry(1, "duration: 300.000 ms  bind S_1: SELECT slow_plan($1)"),
+            entry(1, "duration: 400.000 ms  execute S_2: SELECT other($1)"),
+        ]);
+        assert_eq!(
+            seen,
+            vec![
+                Seen::Stmt(ms(0.22), "SELECT v FROM t WHERE id = $1".into()),
+                Seen::Stmt(ms(400.0), "SELECT other($1)".into()),
+            ]
+        );
+        // The INSERT's parse+bind, and slow_plan's bind, never executed (here).
+        assert_eq!(stats.unattributed_durations, 2);
+    }
+
+    #[test]
+    fn deadlock_statements_keep_their_lines() {
+        let detail = "Process 3 waits for ShareLock on transaction 9; blocked by process 4.\nProcess 4 waits for ShareLock on transaction 8; blocked by process 3.\nProcess 3: UPDATE acc\n\tSET v = 1\n\tWHERE id = 2\nProcess 4: UPDATE acc SET v = 2";
+        assert_eq!(
+            deadlock_statements(detail),
+            vec![(3, "UPDATE acc\n\tSET v = 1\n\tWHERE id = 2"), (4, "UPDATE acc SET v = 2")]
+        );
     }
 
     #[test]

@@ -36,9 +36,15 @@ impl LatencyHistogram {
     /// Records one duration (rounded to whole microseconds; sub-microsecond
     /// durations count as 1 µs, the histogram's lowest discernible value).
     pub fn record(&mut self, d: Duration) {
+        self.record_n(d, 1);
+    }
+
+    /// Records `n` executions of the same duration (what a decoder does with
+    /// one bucket of a received histogram). Rounding as in [`Self::record`].
+    pub fn record_n(&mut self, d: Duration, n: u64) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
         // Cannot fail with auto-resize on except for values beyond u64 range.
-        let _ = self.hist.record(us);
+        let _ = self.hist.record_n(us, n);
     }
 
     /// Adds all of `other` into `self`. Exact: same layout on both sides.
@@ -112,6 +118,17 @@ mod tests {
         let h = LatencyHistogram::new();
         assert_eq!(h.count(), 0);
         assert_eq!(h.quantile(0.99), Duration::ZERO);
+    }
+
+    #[test]
+    fn record_n_equals_n_records() {
+        let (mut a, mut b) = (LatencyHistogram::new(), LatencyHistogram::new());
+        a.record_n(Duration::from_micros(1234), 5);
+        for _ in 0..5 {
+            b.record(Duration::from_micros(1234));
+        }
+        assert_eq!(a.count(), 5);
+        assert_eq!(a.hdr(), b.hdr());
     }
 
     #[test]

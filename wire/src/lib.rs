@@ -9,10 +9,12 @@
 //! - [`histogram`] — the latency histogram (HDR, microseconds, < 1% relative error).
 //! - [`stats`] — per-statement statistics and the slowest sample.
 //! - [`observations`] — everything one agent saw in one interval (or one log file).
+//! - [`otlp`] — [`Observations`] as OTLP metrics and logs, and back (the live agent → collector path).
 
 pub mod histogram;
 pub mod names;
 pub mod observations;
+pub mod otlp;
 pub mod stats;
 
 pub use histogram::LatencyHistogram;

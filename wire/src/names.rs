@@ -1,26 +1,103 @@
-//! Attribute and metric names of the wire contract.
+//! Attribute, metric and event names of the wire contract.
 //!
-//! OpenTelemetry database semantic conventions where a name exists,
-//! `querywatch.` otherwise (see DESIGN.md, "Wire contract").
+//! OpenTelemetry semantic conventions where a name exists (resource,
+//! database), `querywatch.` otherwise (see DESIGN.md, "Wire contract"). Both
+//! binaries and the OTLP codec ([`crate::otlp`]) use these constants, so a
+//! rename is one edit and a typo is a compile error.
 
+// --- Resource -------------------------------------------------------------
+
+pub const SERVICE_NAME: &str = "service.name";
+/// `service.name` of every agent.
+pub const SERVICE_NAME_AGENT: &str = "querywatch-agent";
+pub const SERVICE_VERSION: &str = "service.version";
+pub const SERVICE_INSTANCE_ID: &str = "service.instance.id";
+pub const HOST_NAME: &str = "host.name";
 pub const DB_SYSTEM_NAME: &str = "db.system.name";
 pub const DB_SYSTEM_POSTGRESQL: &str = "postgresql";
+pub const SERVER_ADDRESS: &str = "server.address";
+pub const SERVER_PORT: &str = "server.port";
+pub const QW_NODE: &str = "querywatch.node";
+pub const QW_CLUSTER: &str = "querywatch.cluster";
+
+/// Instrumentation scope of everything the agent exports.
+pub const SCOPE_NAME: &str = "querywatch";
+
+// --- Data point and log record attributes ---------------------------------
+
 pub const DB_NAMESPACE: &str = "db.namespace";
 pub const DB_QUERY_TEXT: &str = "db.query.text";
 pub const DB_QUERY_SUMMARY: &str = "db.query.summary";
 pub const DB_OPERATION_NAME: &str = "db.operation.name";
 pub const DB_COLLECTION_NAME: &str = "db.collection.name";
 pub const DB_RESPONSE_STATUS_CODE: &str = "db.response.status_code";
-pub const SERVER_ADDRESS: &str = "server.address";
-pub const SERVER_PORT: &str = "server.port";
 
 pub const QW_DB_USER: &str = "querywatch.db.user";
 pub const QW_SOURCE: &str = "querywatch.source";
-pub const QW_NODE: &str = "querywatch.node";
-pub const QW_CLUSTER: &str = "querywatch.cluster";
+/// `querywatch.source` of statistics built from the server log.
+pub const QW_SOURCE_LOG: &str = "log";
+/// `querywatch.source` of statistics built from `pg_stat_statements`.
+pub const QW_SOURCE_STATEMENTS: &str = "statements";
 pub const QW_PARTITION_PARENT: &str = "querywatch.partition.parent";
+/// Message class of a log entry (one of [`LOG_CLASSES`]).
+pub const QW_LOG_CLASS: &str = "querywatch.log.class";
+/// Lock-group attributes (see `observations::LockKey`); `db.namespace` too.
+pub const QW_LOCK_WAITER: &str = "querywatch.lock.waiter";
+pub const QW_LOCK_BLOCKER: &str = "querywatch.lock.blocker";
+pub const QW_LOCK_MODE: &str = "querywatch.lock.mode";
+pub const QW_LOCK_OBJECT: &str = "querywatch.lock.object";
+/// What overflowed a cap: [`QW_OVERFLOW_STATEMENTS`] or [`QW_OVERFLOW_LOCKS`].
+pub const QW_OVERFLOW_KIND: &str = "querywatch.overflow.kind";
+pub const QW_OVERFLOW_STATEMENTS: &str = "statements";
+pub const QW_OVERFLOW_LOCKS: &str = "locks";
+/// Duration of the sampled execution, in milliseconds (double).
+pub const QW_DURATION_MS: &str = "querywatch.duration_ms";
+/// Masked plan of the slowest planned execution, its format (`json` | `text`),
+/// its duration (ms, double) and time (Unix ms, int): the plan's execution is
+/// not necessarily the sample's.
+pub const QW_PLAN_TEXT: &str = "querywatch.plan.text";
+pub const QW_PLAN_FORMAT: &str = "querywatch.plan.format";
+pub const QW_PLAN_DURATION_MS: &str = "querywatch.plan.duration_ms";
+pub const QW_PLAN_TIMESTAMP_MS: &str = "querywatch.plan.timestamp_ms";
+/// The pre-1.5 OTLP way to name an event (an attribute); read as a fallback
+/// for `LogRecord.event_name`.
+pub const EVENT_NAME_ATTRIBUTE: &str = "event.name";
 
+// --- Metrics --------------------------------------------------------------
+
+/// Exponential histogram, seconds, one data point per statement shape.
 pub const METRIC_QUERY_DURATION: &str = "querywatch.query.duration";
+/// Sums per statement shape (statement attributes; errors also by SQLSTATE).
+pub const METRIC_STATEMENT_ERRORS: &str = "querywatch.statement.errors";
+pub const METRIC_STATEMENT_TEMP_FILES: &str = "querywatch.statement.temp_files";
+pub const METRIC_STATEMENT_TEMP_BYTES: &str = "querywatch.statement.temp_bytes";
+pub const METRIC_STATEMENT_ROWS: &str = "querywatch.statement.rows";
+/// Sums of what the log could not tie to a statement.
+pub const METRIC_UNATTRIBUTED_ERRORS: &str = "querywatch.unattributed.errors";
+pub const METRIC_UNATTRIBUTED_TEMP_FILES: &str = "querywatch.unattributed.temp_files";
+pub const METRIC_UNATTRIBUTED_TEMP_BYTES: &str = "querywatch.unattributed.temp_bytes";
+/// Per lock group: sums, and the longest wait as a gauge (seconds).
+pub const METRIC_LOCK_WAITS: &str = "querywatch.lock.waits";
+pub const METRIC_LOCK_DEADLOCKS: &str = "querywatch.lock.deadlocks";
+pub const METRIC_LOCK_ACQUIRED: &str = "querywatch.lock.acquired";
+pub const METRIC_LOCK_ACQUIRED_WAIT: &str = "querywatch.lock.acquired_wait";
+pub const METRIC_LOCK_MAX_WAIT: &str = "querywatch.lock.max_wait";
+/// Log entries by message class.
+pub const METRIC_LOG_ENTRIES: &str = "querywatch.log.entries";
+/// The agent's own health: what it read and what it could not use.
+pub const METRIC_AGENT_FILES_READ: &str = "querywatch.agent.files_read";
+pub const METRIC_AGENT_BYTES_READ: &str = "querywatch.agent.bytes_read";
+pub const METRIC_AGENT_LINES_READ: &str = "querywatch.agent.lines_read";
+pub const METRIC_AGENT_ENTRIES_READ: &str = "querywatch.agent.entries_read";
+pub const METRIC_AGENT_PARSE_FAILURES: &str = "querywatch.agent.parse_failures";
+pub const METRIC_AGENT_TRUNCATED: &str = "querywatch.agent.truncated";
+pub const METRIC_AGENT_INVALID_UTF8: &str = "querywatch.agent.invalid_utf8";
+pub const METRIC_AGENT_UNATTRIBUTED_DURATIONS: &str = "querywatch.agent.unattributed_durations";
+pub const METRIC_AGENT_UNREADABLE_FILES: &str = "querywatch.agent.unreadable_files";
+/// Calls / lock events folded into an overflow bucket, by [`QW_OVERFLOW_KIND`].
+pub const METRIC_AGENT_OVERFLOW: &str = "querywatch.agent.overflow";
+
+// --- Log events -----------------------------------------------------------
 
 pub const EVENT_QUERY_SAMPLE: &str = "querywatch.query.sample";
 pub const EVENT_LOCK_WAIT: &str = "querywatch.lock.wait";
@@ -29,3 +106,25 @@ pub const EVENT_QUERY_ERROR: &str = "querywatch.query.error";
 
 /// The statement text under which statements past a shape cap are folded.
 pub const OVERFLOW_TEXT: &str = "<other>";
+
+/// Every message class the agent counts (`Observations::classes` keys).
+///
+/// `Observations` keys classes by `&'static str`, so a decoder maps the wire
+/// string back onto this list; a class missing here arrives as `other`.
+/// Keep in step with the agent's `events::class` (plus `plan_unparsed`).
+pub const LOG_CLASSES: &[&str] = &[
+    "duration",
+    "statement",
+    "plan",
+    "plan_unparsed",
+    "error",
+    "lock_wait",
+    "deadlock",
+    "temp_file",
+    "connection",
+    "disconnection",
+    "checkpoint",
+    "autovacuum",
+    "warning",
+    "other",
+];

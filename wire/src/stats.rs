@@ -131,7 +131,10 @@ impl StatementStats {
         };
         for (state, e) in &other.errors {
             let mine = self.errors.entry(state.clone()).or_default();
-            if mine.count == 0 {
+            // On the message, not the count: the OTLP decoder delivers counts
+            // (metrics) and messages (log records) as separate partial stats,
+            // and either may be merged first.
+            if mine.message.is_empty() {
                 mine.message = e.message.clone();
             }
             mine.count += e.count;

@@ -1,0 +1,492 @@
+//! The agent's configuration: a TOML file, the standard OpenTelemetry
+//! environment variables and command-line flags, resolved in one place
+//! with one precedence rule — defaults < file < environment < flags — into
+//! a validated [`Config`] whose fields are ready to use (durations as
+//! `Duration`, a compiled prefix, a parsed endpoint).
+//!
+//! Only configuration errors are fatal in the agent, so every error here
+//! says what is wrong and how to fix it.
+
+use crate::logparse::{DEFAULT_ENTRY_CAP, LogFormat, Prefix};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What can be wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("nothing to watch: set [logs] directory (or files) and/or [database] dsn")]
+    NoSource,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, message: message.into() }
+}
+
+/// The file as written (every field optional; unknown fields rejected).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `querywatch.node`: this node's name (default: the host name).
+    pub node: Option<String>,
+    /// `querywatch.cluster`: the fleet this node belongs to.
+    pub cluster: Option<String>,
+    /// Aggregation and export interval (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Where this agent keeps its state (checkpoint, spool).
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub logs: RawLogs,
+    #[serde(default)]
+    pub database: RawDatabase,
+    #[serde(default)]
+    pub export: RawExport,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogs {
+    /// The server's log directory (`log_directory`).
+    pub directory: Option<PathBuf>,
+    /// File names to follow in `directory` (default `postgresql-*`).
+    pub pattern: Option<String>,
+    /// Explicit files instead of (or besides) a directory.
+    pub files: Option<Vec<PathBuf>>,
+    /// `auto`, `stderr`, `csvlog` or `jsonlog`.
+    pub format: Option<String>,
+    /// The server's `log_line_prefix`, for stderr logs.
+    pub prefix: Option<String>,
+    /// Where a first start begins: `end` (default) or `beginning`.
+    pub start_at: Option<String>,
+    /// Longest log entry kept (bytes); longer ones are truncated and counted.
+    pub max_entry_bytes: Option<usize>,
+    /// Distinct statement shapes per interval; the rest fold into `<other>`.
+    pub max_shapes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    /// libpq-style connection string of a `pg_monitor` role.
+    pub dsn: Option<String>,
+    /// pg_stat_statements / pg_stat_user_tables poll interval (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub statements_interval: Option<Duration>,
+    /// pg_stat_activity sampling interval (default 1s).
+    #[serde(default, with = "humantime_serde")]
+    pub activity_interval: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExport {
+    /// Collector endpoint (default `http://localhost:4317` for grpc,
+    /// `http://localhost:4318` for http/protobuf).
+    pub endpoint: Option<String>,
+    /// `grpc` (default) or `http/protobuf`.
+    pub protocol: Option<String>,
+    /// Extra request headers.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Sent as `authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// Per-request timeout (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// `gzip` (default) or `none`.
+    pub compression: Option<String>,
+    /// Bound of the on-disk spool used while the collector is unreachable (default 256 MiB).
+    pub spool_max_bytes: Option<u64>,
+}
+
+/// Log source settings, validated.
+#[derive(Debug, Clone)]
+pub struct LogsConfig {
+    pub directory: Option<PathBuf>,
+    pub pattern: glob::Pattern,
+    pub files: Vec<PathBuf>,
+    /// `None`: detect per file.
+    pub format: Option<LogFormat>,
+    pub prefix: Option<Prefix>,
+    pub start_at_end: bool,
+    pub max_entry_bytes: usize,
+    pub max_shapes: usize,
+}
+
+/// Database source settings, validated.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub dsn: String,
+    pub statements_interval: Duration,
+    pub activity_interval: Duration,
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Export settings, validated.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub headers: BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub gzip: bool,
+    pub spool_max_bytes: u64,
+}
+
+/// The agent's configuration, ready to use.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub cluster: String,
+    pub interval: Duration,
+    pub state_dir: PathBuf,
+    /// `None`: no log source.
+    pub logs: Option<LogsConfig>,
+    /// `None`: no database source.
+    pub database: Option<DatabaseConfig>,
+    pub export: ExportConfig,
+    /// Extra resource attributes (`OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource: BTreeMap<String, String>,
+}
+
+/// Values from command-line flags (highest precedence).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub node: Option<String>,
+    pub log_directory: Option<PathBuf>,
+    pub dsn: Option<String>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The environment variables the agent reads, passed in so tests need not
+/// touch the process environment.
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// The process environment (only the variables we read).
+    pub fn from_process() -> Env {
+        let names = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "QUERYWATCH_DSN",
+            "HOSTNAME",
+        ];
+        Env { vars: names.iter().filter_map(|n| Some((n.to_string(), std::env::var(n).ok()?))).collect() }
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
+        Env { vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect() }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// Reads and parses a config file.
+pub fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+}
+
+/// `k1=v1,k2=v2` as the OpenTelemetry specification writes headers and
+/// resource attributes (values percent-decoded).
+fn parse_pairs(field: &'static str, s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| invalid(field, format!("{part:?} is not key=value")))?;
+        out.insert(percent_decode(k.trim()), percent_decode(v.trim()));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok())
+            && let Ok(byte) = u8::from_str_radix(v, 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn protocol(field: &'static str, s: &str) -> Result<Protocol, ConfigError> {
+    match s {
+        "grpc" => Ok(Protocol::Grpc),
+        "http/protobuf" | "http" => Ok(Protocol::HttpProtobuf),
+        other => Err(invalid(field, format!("{other:?} is not a supported protocol: use grpc or http/protobuf"))),
+    }
+}
+
+impl Config {
+    /// Resolves defaults < file < environment < flags, and validates.
+    pub fn resolve(file: RawConfig, env: &Env, flags: &Overrides) -> Result<Config, ConfigError> {
+        let node = flags
+            .node
+            .clone()
+            .or(file.node)
+            .or_else(|| env.get("HOSTNAME").map(str::to_owned))
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| invalid("node", "cannot tell this node's name: set node = \"…\" in the config"))?;
+        let interval = file.interval.unwrap_or(Duration::from_secs(10));
+        if interval < Duration::from_secs(1) {
+            return Err(invalid("interval", "must be at least 1s"));
+        }
+        let state_dir = flags
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/querywatch"));
+
+        let logs = Self::logs(file.logs, flags)?;
+        let database = Self::database(file.database, env, flags)?;
+        if logs.is_none() && database.is_none() {
+            return Err(ConfigError::NoSource);
+        }
+
+        let x = file.export;
+        let protocol = match flags.protocol.as_deref().or(env.get("OTEL_EXPORTER_OTLP_PROTOCOL")) {
+            Some(p) => protocol("export.protocol", p)?,
+            None => match x.protocol.as_deref() {
+                Some(p) => protocol("export.protocol", p)?,
+                None => Protocol::Grpc,
+            },
+        };
+        // Precedence: flag > env > file > default (the OTel convention).
+        let endpoint = flags
+            .endpoint
+            .clone()
+            .or_else(|| env.get("OTEL_EXPORTER_OTLP_ENDPOINT").map(str::to_owned))
+            .or(x.endpoint)
+            .unwrap_or_else(|| match protocol {
+                Protocol::Grpc => "http://localhost:4317".to_owned(),
+                Protocol::HttpProtobuf => "http://localhost:4318".to_owned(),
+            });
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(invalid("export.endpoint", format!("{endpoint:?} must start with http:// or https://")));
+        }
+        let mut headers = x.headers.unwrap_or_default();
+        if let Some(h) = env.get("OTEL_EXPORTER_OTLP_HEADERS") {
+            headers.extend(parse_pairs("OTEL_EXPORTER_OTLP_HEADERS", h)?);
+        }
+        if let Some(token) = x.bearer_token {
+            headers.insert("authorization".into(), format!("Bearer {token}"));
+        }
+        let gzip = match x.compression.as_deref() {
+            None | Some("gzip") => true,
+            Some("none") => false,
+            Some(other) => return Err(invalid("export.compression", format!("{other:?}: use gzip or none"))),
+        };
+        let resource = match env.get("OTEL_RESOURCE_ATTRIBUTES") {
+            Some(r) => parse_pairs("OTEL_RESOURCE_ATTRIBUTES", r)?,
+            None => BTreeMap::new(),
+        };
+        Ok(Config {
+            node,
+            cluster: file.cluster.unwrap_or_default(),
+            interval,
+            state_dir,
+            logs,
+            database,
+            export: ExportConfig {
+                endpoint,
+                protocol,
+                headers,
+                timeout: x.timeout.unwrap_or(Duration::from_secs(10)),
+                gzip,
+                spool_max_bytes: x.spool_max_bytes.unwrap_or(256 << 20),
+            },
+            resource,
+        })
+    }
+
+    fn logs(raw: RawLogs, flags: &Overrides) -> Result<Option<LogsConfig>, ConfigError> {
+        let directory = flags.log_directory.clone().or(raw.directory);
+        let files = raw.files.unwrap_or_default();
+        if directory.is_none() && files.is_empty() {
+            return Ok(None);
+        }
+        let pattern_src = raw.pattern.unwrap_or_else(|| "postgresql-*".to_owned());
+        let pattern = glob::Pattern::new(&pattern_src)
+            .map_err(|e| invalid("logs.pattern", format!("{pattern_src:?}: {e}")))?;
+        let format = match raw.format.as_deref() {
+            None | Some("auto") => None,
+            Some(f) => Some(f.parse::<LogFormat>().map_err(|e| invalid("logs.format", e))?),
+        };
+        let prefix = match raw.prefix {
+            Some(p) => Some(Prefix::compile(&p).map_err(|e| invalid("logs.prefix", e.to_string()))?),
+            None => None,
+        };
+        let start_at_end = match raw.start_at.as_deref() {
+            None | Some("end") => true,
+            Some("beginning") => false,
+            Some(other) => return Err(invalid("logs.start_at", format!("{other:?}: use end or beginning"))),
+        };
+        let max_entry_bytes = raw.max_entry_bytes.unwrap_or(DEFAULT_ENTRY_CAP);
+        if max_entry_bytes < 1024 {
+            return Err(invalid("logs.max_entry_bytes", "must be at least 1024"));
+        }
+        Ok(Some(LogsConfig {
+            directory,
+            pattern,
+            files,
+            format,
+            prefix,
+            start_at_end,
+            max_entry_bytes,
+            max_shapes: raw.max_shapes.unwrap_or(20_000).max(1),
+        }))
+    }
+
+    fn database(raw: RawDatabase, env: &Env, flags: &Overrides) -> Result<Option<DatabaseConfig>, ConfigError> {
+        let Some(dsn) = flags.dsn.clone().or_else(|| env.get("QUERYWATCH_DSN").map(str::to_owned)).or(raw.dsn) else {
+            return Ok(None);
+        };
+        let statements_interval = raw.statements_interval.unwrap_or(Duration::from_secs(10));
+        let activity_interval = raw.activity_interval.unwrap_or(Duration::from_secs(1));
+        if activity_interval < Duration::from_millis(100) || statements_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "database",
+                "activity_interval must be at least 100ms and statements_interval at least 1s",
+            ));
+        }
+        Ok(Some(DatabaseConfig { dsn, statements_interval, activity_interval }))
+    }
+
+    /// One line per source saying whether it is active and why, for the log at start.
+    pub fn describe_sources(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.logs {
+            Some(l) => out.push(format!(
+                "log source: on ({}{}, format {})",
+                l.directory.as_ref().map(|d| format!("{}/{}", d.display(), l.pattern)).unwrap_or_default(),
+                if l.files.is_empty() { String::new() } else { format!(" + {} file(s)", l.files.len()) },
+                l.format.map_or("auto".to_owned(), |f| f.to_string())
+            )),
+            None => out.push("log source: off (no [logs] directory or files configured)".to_owned()),
+        }
+        match &self.database {
+            Some(_) => out.push("database source: on ([database] dsn set)".to_owned()),
+            None => out.push("database source: off (no [database] dsn or QUERYWATCH_DSN)".to_owned()),
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> RawConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    const FILE: &str = r#"
+node = "db-1"
+cluster = "prod"
+interval = "15s"
+state_dir = "/tmp/qw"
+[logs]
+directory = "/var/log/postgresql"
+pattern = "postgresql-*.csv"
+format = "csvlog"
+start_at = "beginning"
+[database]
+dsn = "host=/run/postgresql user=querywatch"
+activity_interval = "500ms"
+[export]
+endpoint = "http://collector:4317"
+headers = { "x-tenant" = "a" }
+bearer_token = "s3cret"
+"#;
+
+    #[test]
+    fn a_full_file_resolves() {
+        let c = Config::resolve(parse(FILE), &Env::default(), &Overrides::default()).unwrap();
+        assert_eq!(c.node, "db-1");
+        assert_eq!(c.interval, Duration::from_secs(15));
+        let logs = c.logs.unwrap();
+        assert_eq!(logs.format, Some(LogFormat::Csv));
+        assert!(!logs.start_at_end);
+        assert!(logs.pattern.matches("postgresql-2026-11-24.csv"));
+        assert_eq!(c.database.unwrap().activity_interval, Duration::from_millis(500));
+        assert_eq!(c.export.endpoint, "http://collector:4317");
+        assert_eq!(c.export.headers["authorization"], "Bearer s3cret");
+        assert_eq!(c.export.headers["x-tenant"], "a");
+        assert!(c.export.gzip);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let env = Env::from_pairs([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://from-env:4317"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=b,x-extra=%20spaced"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging"),
+        ]);
+        let c = Config::resolve(parse(FILE), &env, &Overrides::default()).unwrap();
+        assert_eq!(c.export.endpoint, "http://from-env:4317");
+        assert_eq!(c.export.headers["x-tenant"], "b");
+        assert_eq!(c.export.headers["x-extra"], " spaced");
+        assert_eq!(c.resource["deployment.environment"], "staging");
+        let flags = Overrides { endpoint: Some("https://from-flag:4317".into()), ..Overrides::default() };
+        let c = Config::resolve(parse(FILE), &env, &flags).unwrap();
+        assert_eq!(c.export.endpoint, "https://from-flag:4317");
+        let c = Config::resolve(parse("[logs]\ndirectory = \"/x\""), &Env::default(), &Overrides::default()).unwrap();
+        assert_eq!(c.export.endpoint, "http://localhost:4317");
+        assert_eq!(c.export.protocol, Protocol::Grpc);
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert!(c.database.is_none());
+    }
+
+    #[test]
+    fn bad_configurations_say_how_to_fix_them() {
+        let cases = [
+            ("node = \"n\"", "nothing to watch"),
+            ("node = \"n\"\nbogus = 1\n[logs]\ndirectory = \"/x\"", "unknown field"),
+            ("node = \"n\"\n[logs]\ndirectory = \"/x\"\nformat = \"xml\"", "logs.format"),
+            ("node = \"n\"\n[logs]\ndirectory = \"/x\"\nprefix = \"%z\"", "unknown escape"),
+            ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\nendpoint = \"collector:4317\"", "http://"),
+            ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\nprotocol = \"thrift\"", "grpc or http/protobuf"),
+            ("node = \"n\"\ninterval = \"10ms\"\n[logs]\ndirectory = \"/x\"", "at least 1s"),
+            ("node = \"n\"\ninterval = \"soon\"\n[logs]\ndirectory = \"/x\"", "interval"),
+        ];
+        for (text, want) in cases {
+            let err = match toml::from_str::<RawConfig>(text) {
+                Err(e) => e.to_string(),
+                Ok(raw) => Config::resolve(raw, &Env::default(), &Overrides::default()).unwrap_err().to_string(),
+            };
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+}

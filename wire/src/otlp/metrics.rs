@@ -1,0 +1,619 @@
+//! [`Observations`] ↔ `ExportMetricsServiceRequest`.
+//!
+//! One resource (the agent), one scope (`querywatch`), one metric per name;
+//! data points sorted by their key so that equal input gives equal bytes.
+//! Every sum is monotonic with DELTA temporality: the agent sends what
+//! happened in the interval and the collector adds (DESIGN.md).
+
+use super::attrs::{self, kv_str};
+use super::expo;
+use super::{DecodeError, Decoded, ResourceInfo, scope};
+use crate::names;
+use crate::observations::{InputStats, LockKey, Observations};
+use crate::stats::{EpochMillis, StatementStats};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as NumberValue;
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Metric, NumberDataPoint,
+    ResourceMetrics, ScopeMetrics, Sum,
+};
+use std::time::Duration;
+
+/// An input counter of the agent: metric name, unit, description, and the
+/// field of [`InputStats`] it carries.
+struct InputCounter {
+    name: &'static str,
+    unit: &'static str,
+    description: &'static str,
+    get: fn(&InputStats) -> u64,
+    get_mut: fn(&mut InputStats) -> &mut u64,
+}
+
+const INPUT_COUNTERS: &[InputCounter] = &[
+    InputCounter {
+        name: names::METRIC_AGENT_FILES_READ,
+        unit: "{file}",
+        description: "Log files opened.",
+        get: |i| i.files,
+        get_mut: |i| &mut i.files,
+    },
+    InputCounter {
+        name: names::METRIC_AGENT_BYTES_READ,
+        unit: "By",
+        description: "Log bytes read.",
+        get: |i| i.bytes,
+        get_mut: |i| &mut i.bytes,
+    },
+    InputCounter {
+        name: names::METRIC_AGENT_LINES_READ,
+        unit: "{line}",
+        description: "Log lines read.",
+        get: |i| i.lines,
+        get_mut: |i| &mut i.lines,
+    },
+    InputCounter {
+        name: names::METRIC_AGENT_ENTRIES_READ,
+        unit: "{entry}",
+        description: "Log entries (a message with its detail lines) read.",
+        get: |i| i.entries,
+        get_mut: |i| &mut i.entries,
+    },
+    InputCounter {
+        name: names::METRIC_AGENT_PARSE_FAILURES,
+        unit: "{line}",
+        description: "Lines or records not in the expected log format.",
+        get: |i| i.unparsed,
+        get_mut: |i| &mut i.unparsed,
+    },
+    InputCounter {
+        name: names::METRIC_AGENT_TRUNCATED,
+        unit: "{entry}",
+        description: "Entries cut at the entry size cap.",
+        get: |i| i.truncated,
+        get_mut: |i| &mut i.truncated,
+    },
+    InputCounter {
+        name: names::METRIC_AGENT_INVALID_UTF8,
+        unit: "{entry}",
+        description: "Entries with bytes that are not UTF-8 (replaced).",
+        get: |i| i.invalid_utf8,
+        get_mut: |i| &mut i.invalid_utf8,
+    },
+    InputCounter {
+        name: names::METRIC_AGENT_UNATTRIBUTED_DURATIONS,
+        unit: "{entry}",
+        description: "Durations that could not be tied to a statement.",
+        get: |i| i.unattributed_durations,
+        get_mut: |i| &mut i.unattributed_durations,
+    },
+    InputCounter {
+        name: names::METRIC_AGENT_UNREADABLE_FILES,
+        unit: "{file}",
+        description: "Log files that could not be read.",
+        get: |i| i.unreadable_files,
+        get_mut: |i| &mut i.unreadable_files,
+    },
+];
+
+/// Data point factory for one interval.
+struct Points {
+    start: u64,
+    end: u64,
+}
+
+impl Points {
+    fn number(&self, attributes: Vec<KeyValue>, value: NumberValue) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes,
+            start_time_unix_nano: self.start,
+            time_unix_nano: self.end,
+            exemplars: Vec::new(),
+            flags: 0,
+            value: Some(value),
+        }
+    }
+
+    fn count(&self, attributes: Vec<KeyValue>, n: u64) -> NumberDataPoint {
+        // OTLP counts are i64; 2^63 events in one interval do not happen, but
+        // saturate rather than wrap if they ever did.
+        self.number(attributes, NumberValue::AsInt(i64::try_from(n).unwrap_or(i64::MAX)))
+    }
+
+    fn seconds(&self, attributes: Vec<KeyValue>, d: Duration) -> NumberDataPoint {
+        self.number(attributes, NumberValue::AsDouble(attrs::secs(d)))
+    }
+
+    fn duration(&self, attributes: Vec<KeyValue>, s: &StatementStats) -> ExponentialHistogramDataPoint {
+        let b = expo::from_hdr(&s.hist);
+        ExponentialHistogramDataPoint {
+            attributes,
+            start_time_unix_nano: self.start,
+            time_unix_nano: self.end,
+            count: s.calls,
+            sum: Some(attrs::secs(s.total)),
+            scale: expo::SCALE,
+            zero_count: b.zero_count,
+            positive: Some(Buckets { offset: b.offset, bucket_counts: b.counts }),
+            negative: None,
+            flags: 0,
+            exemplars: Vec::new(),
+            min: Some(attrs::secs(s.min.unwrap_or_default())),
+            max: Some(attrs::secs(s.max)),
+            zero_threshold: 0.0,
+        }
+    }
+}
+
+fn metric(name: &str, unit: &str, description: &str, data: Data) -> Metric {
+    Metric {
+        name: name.into(),
+        description: description.into(),
+        unit: unit.into(),
+        metadata: Vec::new(),
+        data: Some(data),
+    }
+}
+
+fn delta_sum(data_points: Vec<NumberDataPoint>) -> Data {
+    Data::Sum(Sum { data_points, aggregation_temporality: AggregationTemporality::Delta as i32, is_monotonic: true })
+}
+
+fn push_sum(metrics: &mut Vec<Metric>, name: &str, unit: &str, description: &str, points: Vec<NumberDataPoint>) {
+    if !points.is_empty() {
+        metrics.push(metric(name, unit, description, delta_sum(points)));
+    }
+}
+
+fn lock_attributes(k: &LockKey) -> Vec<KeyValue> {
+    vec![
+        kv_str(names::DB_NAMESPACE, &k.database),
+        kv_str(names::QW_LOCK_WAITER, &k.waiter),
+        kv_str(names::QW_LOCK_BLOCKER, &k.blocker),
+        kv_str(names::QW_LOCK_MODE, &k.mode),
+        kv_str(names::QW_LOCK_OBJECT, &k.object),
+    ]
+}
+
+fn with(mut a: Vec<KeyValue>, key: &str, value: &str) -> Vec<KeyValue> {
+    a.push(kv_str(key, value));
+    a
+}
+
+/// Everything in `obs` as OTLP metrics from `resource`, for the interval
+/// `(start, end)` in Unix nanoseconds (the data points' start and time).
+pub fn encode_metrics(
+    obs: &Observations,
+    resource: &ResourceInfo,
+    interval: (u64, u64),
+) -> ExportMetricsServiceRequest {
+    let p = Points { start: interval.0, end: interval.1 };
+    let mut metrics = Vec::new();
+
+    let mut statements: Vec<_> = obs.statements.iter().collect();
+    statements.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let (mut durations, mut errors, mut temp_files, mut temp_bytes, mut rows) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (key, s) in statements {
+        let a = attrs::statement_attributes(key);
+        if s.calls > 0 {
+            durations.push(p.duration(a.clone(), s));
+        }
+        for (state, e) in s.errors.iter().filter(|(_, e)| e.count > 0) {
+            errors.push(p.count(with(a.clone(), names::DB_RESPONSE_STATUS_CODE, state), e.count));
+        }
+        if s.temp_files > 0 {
+            temp_files.push(p.count(a.clone(), s.temp_files));
+        }
+        if s.temp_bytes > 0 {
+            temp_bytes.push(p.count(a.clone(), s.temp_bytes));
+        }
+        if let Some(r) = s.rows {
+            rows.push(p.count(a, r));
+        }
+    }
+    if !durations.is_empty() {
+        let data = Data::ExponentialHistogram(ExponentialHistogram {
+            data_points: durations,
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+        });
+        metrics.push(metric(names::METRIC_QUERY_DURATION, "s", "Statement execution time.", data));
+    }
+    push_sum(
+        &mut metrics,
+        names::METRIC_STATEMENT_ERRORS,
+        "{error}",
+        "Errors raised by a statement, by SQLSTATE.",
+        errors,
+    );
+    push_sum(
+        &mut metrics,
+        names::METRIC_STATEMENT_TEMP_FILES,
+        "{file}",
+        "Temporary files written by a statement.",
+        temp_files,
+    );
+    push_sum(
+        &mut metrics,
+        names::METRIC_STATEMENT_TEMP_BYTES,
+        "By",
+        "Bytes of temporary files written by a statement.",
+        temp_bytes,
+    );
+    push_sum(&mut metrics, names::METRIC_STATEMENT_ROWS, "{row}", "Rows returned or affected by a statement.", rows);
+
+    let unattributed: Vec<_> = obs
+        .unattributed_errors
+        .iter()
+        .map(|(s, n)| p.count(vec![kv_str(names::DB_RESPONSE_STATUS_CODE, s)], *n))
+        .collect();
+    push_sum(
+        &mut metrics,
+        names::METRIC_UNATTRIBUTED_ERRORS,
+        "{error}",
+        "Errors with no statement to attribute them to.",
+        unattributed,
+    );
+    let nonzero = |n: u64| if n > 0 { vec![p.count(Vec::new(), n)] } else { Vec::new() };
+    push_sum(
+        &mut metrics,
+        names::METRIC_UNATTRIBUTED_TEMP_FILES,
+        "{file}",
+        "Temporary files with no statement to attribute them to.",
+        nonzero(obs.unattributed_temp_files),
+    );
+    push_sum(
+        &mut metrics,
+        names::METRIC_UNATTRIBUTED_TEMP_BYTES,
+        "By",
+        "Bytes of temporary files with no statement to attribute them to.",
+        nonzero(obs.unattributed_temp_bytes),
+    );
+
+    let mut locks: Vec<_> = obs.locks.iter().collect();
+    locks.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let (mut waits, mut deadlocks, mut acquired, mut acquired_wait, mut max_wait) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (k, l) in locks {
+        let a = lock_attributes(k);
+        // Zero counters are left out (zero is what a missing point decodes
+        // to); the gauge is always sent, so the lock group always arrives.
+        if l.waits > 0 {
+            waits.push(p.count(a.clone(), l.waits));
+        }
+        if l.deadlocks > 0 {
+            deadlocks.push(p.count(a.clone(), l.deadlocks));
+        }
+        if l.acquired > 0 {
+            acquired.push(p.count(a.clone(), l.acquired));
+        }
+        if !l.acquired_wait.is_zero() {
+            acquired_wait.push(p.seconds(a.clone(), l.acquired_wait));
+        }
+        max_wait.push(p.seconds(a, l.max_wait));
+    }
+    push_sum(&mut metrics, names::METRIC_LOCK_WAITS, "{wait}", "Lock waits reported past deadlock_timeout.", waits);
+    push_sum(&mut metrics, names::METRIC_LOCK_DEADLOCKS, "{deadlock}", "Deadlocks detected.", deadlocks);
+    push_sum(&mut metrics, names::METRIC_LOCK_ACQUIRED, "{lock}", "Waited-for locks that were granted.", acquired);
+    push_sum(&mut metrics, names::METRIC_LOCK_ACQUIRED_WAIT, "s", "Total wait of the granted locks.", acquired_wait);
+    if !max_wait.is_empty() {
+        let data = Data::Gauge(Gauge { data_points: max_wait });
+        metrics.push(metric(names::METRIC_LOCK_MAX_WAIT, "s", "Longest lock wait reported.", data));
+    }
+
+    let classes: Vec<_> =
+        obs.classes.iter().map(|(class, n)| p.count(vec![kv_str(names::QW_LOG_CLASS, class)], *n)).collect();
+    push_sum(&mut metrics, names::METRIC_LOG_ENTRIES, "{entry}", "Log entries by message class.", classes);
+
+    // Health counters go out even when zero: "read nothing" is news.
+    for c in INPUT_COUNTERS {
+        push_sum(&mut metrics, c.name, c.unit, c.description, vec![p.count(Vec::new(), (c.get)(&obs.input))]);
+    }
+    let overflow = vec![
+        p.count(vec![kv_str(names::QW_OVERFLOW_KIND, names::QW_OVERFLOW_STATEMENTS)], obs.overflow_calls),
+        p.count(vec![kv_str(names::QW_OVERFLOW_KIND, names::QW_OVERFLOW_LOCKS)], obs.overflow_locks),
+    ];
+    push_sum(
+        &mut metrics,
+        names::METRIC_AGENT_OVERFLOW,
+        "{event}",
+        "Calls and lock events folded into an overflow bucket.",
+        overflow,
+    );
+
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource.to_otlp()),
+            scope_metrics: vec![ScopeMetrics { scope: Some(scope()), metrics, schema_url: String::new() }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+/// The querywatch data in `req`, one [`Observations`] per resource that sent
+/// any (see [`super`] for what is strict and what is skipped). Statement and
+/// batch `first_seen`/`last_seen` become the data points' interval.
+pub fn decode_metrics(req: &ExportMetricsServiceRequest) -> Result<Decoded, DecodeError> {
+    let mut out = Decoded::default();
+    for rm in &req.resource_metrics {
+        let mut obs = Observations::default();
+        let mut tally = Tally::default();
+        for m in rm.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+            decode_metric(m, &mut obs, &mut tally)?;
+        }
+        out.ignored += tally.ignored;
+        // The resource is read only when it sent something of ours: a
+        // foreign resource without `querywatch.node` is not an error.
+        if tally.ours > 0 {
+            out.batches.push((ResourceInfo::from_otlp(rm.resource.as_ref())?, obs));
+        }
+    }
+    Ok(out)
+}
+
+/// Data points used and skipped.
+#[derive(Default)]
+struct Tally {
+    ours: u64,
+    ignored: u64,
+}
+
+fn decode_metric(m: &Metric, obs: &mut Observations, n: &mut Tally) -> Result<(), DecodeError> {
+    let item = m.name.as_str();
+    match item {
+        names::METRIC_QUERY_DURATION => {
+            for p in exp_histogram(m)? {
+                let Some(key) = attrs::statement_key(&p.attributes, item)? else {
+                    n.ignored += 1;
+                    continue;
+                };
+                if let Some(part) = duration_stats(item, p)? {
+                    statement(obs, key, p.start_time_unix_nano, p.time_unix_nano).merge(&part);
+                }
+                n.ours += 1;
+            }
+        }
+        names::METRIC_STATEMENT_ERRORS
+        | names::METRIC_STATEMENT_TEMP_FILES
+        | names::METRIC_STATEMENT_TEMP_BYTES
+        | names::METRIC_STATEMENT_ROWS => {
+            for p in delta_sum_points(m)? {
+                let Some(key) = attrs::statement_key(&p.attributes, item)? else {
+                    n.ignored += 1;
+                    continue;
+                };
+                let v = count(item, p)?;
+                let state = match item {
+                    names::METRIC_STATEMENT_ERRORS => {
+                        attrs::req_str(&p.attributes, names::DB_RESPONSE_STATUS_CODE, item)?
+                    }
+                    _ => "",
+                };
+                let s = statement(obs, key, p.start_time_unix_nano, p.time_unix_nano);
+                match item {
+                    names::METRIC_STATEMENT_ERRORS => s.errors.entry(state.to_owned()).or_default().count += v,
+                    names::METRIC_STATEMENT_TEMP_FILES => s.temp_files += v,
+                    names::METRIC_STATEMENT_TEMP_BYTES => s.temp_bytes += v,
+                    _ => s.rows = Some(s.rows.unwrap_or(0) + v),
+                }
+                n.ours += 1;
+            }
+        }
+        names::METRIC_UNATTRIBUTED_ERRORS => {
+            for p in delta_sum_points(m)? {
+                let state = attrs::req_str(&p.attributes, names::DB_RESPONSE_STATUS_CODE, item)?;
+                *obs.unattributed_errors.entry(state.to_owned()).or_default() += count(item, p)?;
+                see(&mut obs.first_seen, &mut obs.last_seen, p.start_time_unix_nano, p.time_unix_nano);
+                n.ours += 1;
+            }
+        }
+        names::METRIC_UNATTRIBUTED_TEMP_FILES | names::METRIC_UNATTRIBUTED_TEMP_BYTES => {
+            for p in delta_sum_points(m)? {
+                let v = count(item, p)?;
+                match item {
+                    names::METRIC_UNATTRIBUTED_TEMP_FILES => obs.unattributed_temp_files += v,
+                    _ => obs.unattributed_temp_bytes += v,
+                }
+                see(&mut obs.first_seen, &mut obs.last_seen, p.start_time_unix_nano, p.time_unix_nano);
+                n.ours += 1;
+            }
+        }
+        names::METRIC_LOCK_WAITS
+        | names::METRIC_LOCK_DEADLOCKS
+        | names::METRIC_LOCK_ACQUIRED
+        | names::METRIC_LOCK_ACQUIRED_WAIT
+        | names::METRIC_LOCK_MAX_WAIT => {
+            let points = match item {
+                names::METRIC_LOCK_MAX_WAIT => gauge_points(m)?,
+                _ => delta_sum_points(m)?,
+            };
+            for p in points {
+                let key = LockKey {
+                    database: attrs::req_str(&p.attributes, names::DB_NAMESPACE, item)?.to_owned(),
+                    waiter: attrs::req_str(&p.attributes, names::QW_LOCK_WAITER, item)?.to_owned(),
+                    blocker: attrs::req_str(&p.attributes, names::QW_LOCK_BLOCKER, item)?.to_owned(),
+                    mode: attrs::req_str(&p.attributes, names::QW_LOCK_MODE, item)?.to_owned(),
+                    object: attrs::req_str(&p.attributes, names::QW_LOCK_OBJECT, item)?.to_owned(),
+                };
+                let l = obs.locks.entry(key).or_default();
+                match item {
+                    names::METRIC_LOCK_WAITS => l.waits += count(item, p)?,
+                    names::METRIC_LOCK_DEADLOCKS => l.deadlocks += count(item, p)?,
+                    names::METRIC_LOCK_ACQUIRED => l.acquired += count(item, p)?,
+                    names::METRIC_LOCK_ACQUIRED_WAIT => l.acquired_wait += seconds(item, p)?,
+                    _ => l.max_wait = l.max_wait.max(seconds(item, p)?),
+                }
+                see(&mut obs.first_seen, &mut obs.last_seen, p.start_time_unix_nano, p.time_unix_nano);
+                n.ours += 1;
+            }
+        }
+        names::METRIC_LOG_ENTRIES => {
+            for p in delta_sum_points(m)? {
+                let class = attrs::req_str(&p.attributes, names::QW_LOG_CLASS, item)?;
+                // `classes` is keyed by the agent's static vocabulary.
+                let class = names::LOG_CLASSES.iter().copied().find(|c| *c == class).unwrap_or("other");
+                *obs.classes.entry(class).or_default() += count(item, p)?;
+                see(&mut obs.first_seen, &mut obs.last_seen, p.start_time_unix_nano, p.time_unix_nano);
+                n.ours += 1;
+            }
+        }
+        names::METRIC_AGENT_OVERFLOW => {
+            for p in delta_sum_points(m)? {
+                let v = count(item, p)?;
+                match attrs::req_str(&p.attributes, names::QW_OVERFLOW_KIND, item)? {
+                    names::QW_OVERFLOW_STATEMENTS => obs.overflow_calls += v,
+                    names::QW_OVERFLOW_LOCKS => obs.overflow_locks += v,
+                    _ => {
+                        n.ignored += 1;
+                        continue;
+                    }
+                }
+                n.ours += 1;
+            }
+        }
+        _ => match INPUT_COUNTERS.iter().find(|c| c.name == item) {
+            Some(c) => {
+                for p in delta_sum_points(m)? {
+                    *(c.get_mut)(&mut obs.input) += count(item, p)?;
+                    n.ours += 1;
+                }
+            }
+            None => n.ignored += points(m),
+        },
+    }
+    Ok(())
+}
+
+/// The entry of statement `key`, marked as seen in the interval.
+fn statement(obs: &mut Observations, key: crate::StatementKey, start: u64, end: u64) -> &mut StatementStats {
+    see(&mut obs.first_seen, &mut obs.last_seen, start, end);
+    let s = obs.statements.entry(key).or_default();
+    see(&mut s.first_seen, &mut s.last_seen, start, end);
+    s
+}
+
+fn see(first: &mut Option<EpochMillis>, last: &mut Option<EpochMillis>, start: u64, end: u64) {
+    for t in [start, end].into_iter().filter_map(attrs::epoch_millis) {
+        *first = Some(first.map_or(t, |f| f.min(t)));
+        *last = Some(last.map_or(t, |l| l.max(t)));
+    }
+}
+
+/// A `querywatch.query.duration` point as statistics; `None` when empty.
+fn duration_stats(item: &str, p: &ExponentialHistogramDataPoint) -> Result<Option<StatementStats>, DecodeError> {
+    let invalid = |reason: String| DecodeError::Invalid { item: item.into(), reason };
+    if !expo::SCALES.contains(&p.scale) {
+        return Err(invalid(format!("scale {} is outside OTLP's {:?}", p.scale, expo::SCALES)));
+    }
+    if p.negative.as_ref().is_some_and(|b| b.bucket_counts.iter().any(|&c| c > 0)) {
+        return Err(invalid("negative durations".into()));
+    }
+    let (offset, counts) = p.positive.as_ref().map_or((0, &[][..]), |b| (b.offset, &b.bucket_counts[..]));
+    // `calls` comes from `count` and the percentiles from the buckets: they
+    // must agree, or the two would tell different stories.
+    let held = counts.iter().try_fold(p.zero_count, |a, &c| a.checked_add(c));
+    if held != Some(p.count) {
+        return Err(invalid(format!("the buckets hold {held:?} values, count is {}", p.count)));
+    }
+    if p.count == 0 {
+        return Ok(None);
+    }
+    let field = |name: &'static str, v: Option<f64>| {
+        let v = v.ok_or(DecodeError::MissingField { item: item.into(), field: name })?;
+        attrs::duration_from_secs(v).ok_or_else(|| invalid(format!("{name} {v} is not a duration")))
+    };
+    let (total, min, max) = (field("sum", p.sum)?, field("min", p.min)?, field("max", p.max)?);
+    if min > max {
+        return Err(invalid(format!("min {min:?} > max {max:?}")));
+    }
+    Ok(Some(StatementStats {
+        calls: p.count,
+        total,
+        min: Some(min),
+        max,
+        hist: expo::to_hdr(p.zero_count, offset, counts, p.scale),
+        ..StatementStats::default()
+    }))
+}
+
+fn data_kind(m: &Metric) -> &'static str {
+    match &m.data {
+        None => "no",
+        Some(Data::Gauge(_)) => "gauge",
+        Some(Data::Sum(_)) => "sum",
+        Some(Data::Histogram(_)) => "histogram",
+        Some(Data::ExponentialHistogram(_)) => "exponential histogram",
+        Some(Data::Summary(_)) => "summary",
+    }
+}
+
+/// Number of data points of any metric (what skipping it skips).
+fn points(m: &Metric) -> u64 {
+    let n = match &m.data {
+        None => 0,
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+    };
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+fn wrong_type(m: &Metric, expected: &'static str) -> DecodeError {
+    DecodeError::DataType { item: m.name.clone(), expected, found: data_kind(m) }
+}
+
+fn check_delta(m: &Metric, temporality: i32) -> Result<(), DecodeError> {
+    if temporality == AggregationTemporality::Delta as i32 {
+        return Ok(());
+    }
+    let found = AggregationTemporality::try_from(temporality)
+        .map_or_else(|_| temporality.to_string(), |t| t.as_str_name().into());
+    Err(DecodeError::Temporality { item: m.name.clone(), found })
+}
+
+fn exp_histogram(m: &Metric) -> Result<&[ExponentialHistogramDataPoint], DecodeError> {
+    match &m.data {
+        Some(Data::ExponentialHistogram(h)) => check_delta(m, h.aggregation_temporality).map(|()| &h.data_points[..]),
+        _ => Err(wrong_type(m, "exponential histogram")),
+    }
+}
+
+fn delta_sum_points(m: &Metric) -> Result<&[NumberDataPoint], DecodeError> {
+    match &m.data {
+        Some(Data::Sum(s)) => check_delta(m, s.aggregation_temporality).map(|()| &s.data_points[..]),
+        _ => Err(wrong_type(m, "sum")),
+    }
+}
+
+fn gauge_points(m: &Metric) -> Result<&[NumberDataPoint], DecodeError> {
+    match &m.data {
+        Some(Data::Gauge(g)) => Ok(&g.data_points),
+        _ => Err(wrong_type(m, "gauge")),
+    }
+}
+
+/// A counter value: a non-negative `as_int`.
+fn count(item: &str, p: &NumberDataPoint) -> Result<u64, DecodeError> {
+    match p.value {
+        Some(NumberValue::AsInt(i)) => u64::try_from(i)
+            .map_err(|_| DecodeError::Invalid { item: item.into(), reason: format!("negative count {i}") }),
+        Some(NumberValue::AsDouble(d)) => {
+            Err(DecodeError::Invalid { item: item.into(), reason: format!("count {d} is a double, not an int") })
+        }
+        None => Err(DecodeError::MissingField { item: item.into(), field: "value" }),
+    }
+}
+
+/// A time in seconds: `as_double` (or a whole `as_int`), non-negative.
+fn seconds(item: &str, p: &NumberDataPoint) -> Result<Duration, DecodeError> {
+    let invalid = |v: String| DecodeError::Invalid { item: item.into(), reason: format!("{v} s is not a duration") };
+    match p.value {
+        Some(NumberValue::AsDouble(d)) => attrs::duration_from_secs(d).ok_or_else(|| invalid(d.to_string())),
+        Some(NumberValue::AsInt(i)) => u64::try_from(i).map(Duration::from_secs).map_err(|_| invalid(i.to_string())),
+        None => Err(DecodeError::MissingField { item: item.into(), field: "value" }),
+    }
+}
