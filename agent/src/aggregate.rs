@@ -62,6 +62,13 @@ struct Interner {
 }
 
 impl Interner {
+    /// An interner whose id 0 is the empty string.
+    fn with_empty() -> Self {
+        let mut i = Interner::default();
+        i.get_or_insert("", 1);
+        i
+    }
+
     fn get_or_insert(&mut self, s: &str, cap: usize) -> Option<u32> {
         if let Some(id) = self.ids.get(s) {
             return Some(*id);
@@ -102,7 +109,7 @@ impl Aggregator {
             raw: FxHashMap::default(),
             shapes: Interner::default(),
             overflow_shape: None,
-            names: Interner::default(),
+            names: Interner::with_empty(),
             stats: FxHashMap::default(),
             waiting: FxHashMap::default(),
             obs: Observations::default(),
@@ -135,7 +142,7 @@ impl Aggregator {
                 let key = self.key(shape, ctx.database, ctx.user);
                 let masked = &self.shapes.list[key.0 as usize];
                 self.stats.entry(key).or_default().record_call(duration, ctx.timestamp, masked);
-                if Some(shape) == self.overflow_shape {
+                if Some(key.0) == self.overflow_shape {
                     self.obs.overflow_calls += 1;
                 }
             }
@@ -169,7 +176,7 @@ impl Aggregator {
                     Some(text) => {
                         let shape = self.shape(text);
                         let key = self.key(shape, ctx.database, ctx.user);
-                        let msg = mask_message(message);
+                        let msg = mask_message(state, message);
                         self.stats.entry(key).or_default().record_error(state, &msg, ctx.timestamp);
                     }
                     None => *self.obs.unattributed_errors.entry(state.to_owned()).or_default() += 1,
@@ -273,11 +280,19 @@ impl Aggregator {
         id
     }
 
+    /// The statistics row of a shape for a database and user. Rows are
+    /// capped as a whole (`max_shapes`), not only shapes: many users running
+    /// the same few statements must not grow memory either. Past the cap,
+    /// new rows fold into the overflow shape with empty database and user.
     fn key(&mut self, shape: ShapeId, database: &str, user: &str) -> (ShapeId, NameId, NameId) {
-        // Databases and users are few; the cap only guards against garbage.
-        let db = self.names.get_or_insert(database, 100_000).unwrap_or(0);
-        let user = self.names.get_or_insert(user, 100_000).unwrap_or(0);
-        (shape, db, user)
+        // Id 0 is the empty name (interned first), where names past the cap go.
+        let db = self.names.get_or_insert(database, self.cfg.max_shapes).unwrap_or(0);
+        let user = self.names.get_or_insert(user, self.cfg.max_shapes).unwrap_or(0);
+        let key = (shape, db, user);
+        if self.stats.len() >= self.cfg.max_shapes && !self.stats.contains_key(&key) {
+            return (self.overflow(), 0, 0);
+        }
+        key
     }
 
     /// Everything aggregated so far, with the parser's counters.
@@ -329,35 +344,50 @@ const NAME_WORDS: &[&str] = &[
 
 /// Masks an error message: literals as in SQL, and double-quoted text
 /// unless PostgreSQL put an object name there (`relation "t"`). Messages
-/// like `invalid input syntax for type integer: "abc"` quote the value.
-pub fn mask_message(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
+/// like `invalid input syntax for type integer: "abc"` quote the value, and
+/// do not escape quotes inside it, so a quoted value is taken to run to the
+/// last quote of the message. Messages raised by the application (SQLSTATE
+/// class P0: `RAISE EXCEPTION '…'`) are free text and are not kept at all.
+pub fn mask_message(sqlstate: &str, message: &str) -> String {
+    if sqlstate.starts_with("P0") {
+        return "(message raised by the application, not kept)".to_owned();
+    }
     // stderr appends the error position to the message (csvlog/jsonlog keep
     // it in a field of its own): drop it so every format says the same.
     let message = match message.rsplit_once(" at character ") {
         Some((head, pos)) if pos.bytes().all(|b| b.is_ascii_digit()) => head,
         _ => message,
     };
+    let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(open) = rest.find('"') {
         let before = &rest[..open];
-        let Some(len) = rest[open + 1..].find('"') else { break };
-        let quoted = &rest[open + 1..open + 1 + len];
+        let after = &rest[open + 1..];
         let prev_word = before.trim_end().rsplit(' ').next().unwrap_or("");
-        let mut masked_before = String::new();
-        mask_into(before, &mut masked_before);
-        out.push_str(&masked_before);
-        if !before.is_empty() && before.ends_with(' ') {
+        let name = NAME_WORDS.contains(&prev_word);
+        // A name ends at the next quote; a value at the last one.
+        let close = if name { after.find('"') } else { after.rfind('"') };
+        mask_into(before, &mut out);
+        if before.ends_with(' ') && !out.is_empty() {
             out.push(' ');
         }
-        if NAME_WORDS.contains(&prev_word) {
-            out.push('"');
-            out.push_str(quoted);
-            out.push('"');
-        } else {
-            out.push_str("\"?\"");
+        match close {
+            Some(len) if name => {
+                out.push('"');
+                out.push_str(&after[..len]);
+                out.push('"');
+                rest = &after[len + 1..];
+            }
+            Some(len) => {
+                out.push_str("\"?\"");
+                rest = &after[len + 1..];
+            }
+            // Unbalanced: nothing after the quote is kept.
+            None => {
+                out.push_str("\"?\"");
+                rest = "";
+            }
         }
-        rest = &rest[open + 2 + len..];
     }
     let mut tail = String::new();
     mask_into(rest, &mut tail);
@@ -395,6 +425,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rows_are_capped_across_users_not_only_shapes() {
+        use crate::logparse::Severity;
+        let cfg = AggregatorConfig { max_shapes: 5, ..AggregatorConfig::default() };
+        let mut agg = Aggregator::new(cfg);
+        for user in 0..300 {
+            for shape in 0..10 {
+                let user = format!("u{user}");
+                let message = format!("duration: 1.000 ms  statement: SELECT c{shape} FROM t");
+                let e = LogEntry {
+                    pid: Some(1),
+                    severity: Some(Severity::Log),
+                    user: Some(user.as_str().into()),
+                    database: Some("db".into()),
+                    message: message.as_str().into(),
+                    ..LogEntry::default()
+                };
+                agg.entry(&e);
+            }
+        }
+        let obs = agg.finish(&ParseStats::default());
+        assert!(obs.statements.len() <= 6, "{} rows", obs.statements.len());
+        let calls: u64 = obs.statements.values().map(|s| s.calls).sum();
+        assert_eq!(calls, 3000, "nothing lost: overflow rows count their calls");
+        assert_eq!(obs.overflow_calls, 3000 - 5);
+    }
+
+    #[test]
     fn lock_objects_lose_per_wait_numbers() {
         assert_eq!(lock_object("transaction 740"), "transaction");
         assert_eq!(lock_object("tuple (0,1) of relation 16384 of database 5"), "tuple of relation 16384 of database 5");
@@ -403,13 +460,21 @@ mod tests {
 
     #[test]
     fn error_messages_keep_names_and_lose_values() {
-        let m = mask_message("duplicate key value violates unique constraint \"t_pkey\"");
+        let m = mask_message("23505", "duplicate key value violates unique constraint \"t_pkey\"");
         assert!(m.contains("\"t_pkey\""), "{m}");
-        let m = mask_message("invalid input syntax for type integer: \"zqzq\"");
+        let m = mask_message("22P02", "invalid input syntax for type integer: \"zqzq\"");
         assert!(!m.contains("zqzq"), "{m}");
-        let m = mask_message("syntax error at or near \"SELEC\" at character 15");
-        assert_eq!(m, mask_message("syntax error at or near \"SELEC\""));
-        let m = mask_message("value 123456 out of range for type integer");
+        let m = mask_message("22P02", "invalid input syntax for type integer: \"ab\"hunter2 secret\"");
+        assert!(!m.contains("hunter2") && !m.contains("secret"), "{m}");
+        let m = mask_message("42703", "column \"a\" of relation \"t\" does not exist: \"zq\"zq\"");
+        assert!(m.contains("\"a\"") && m.contains("\"t\"") && !m.contains("zq"), "{m}");
+        let m = mask_message("22P02", "unbalanced \"zqzq and more");
+        assert!(!m.contains("zqzq") && !m.contains("more"), "{m}");
+        let m = mask_message("P0001", "customer alice@example.com has an unpaid invoice");
+        assert!(!m.contains("alice"), "{m}");
+        let m = mask_message("42601", "syntax error at or near \"SELEC\" at character 15");
+        assert_eq!(m, mask_message("42601", "syntax error at or near \"SELEC\""));
+        let m = mask_message("22003", "value 123456 out of range for type integer");
         assert!(!m.contains("123456"), "{m}");
     }
 }

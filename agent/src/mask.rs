@@ -60,14 +60,39 @@ use memchr::{memchr, memchr2, memmem};
 
 /// Masks every literal of `sql`, appending the literal-free shape to `out`.
 pub fn mask_into(sql: &str, out: &mut String) {
+    let start = out.len();
+    if mask_pass(sql, out, false) && sql.contains('\\') {
+        // A string left open at the end, and backslashes: the text was most
+        // likely written for standard_conforming_strings = off
+        // (`'O\'Brien secret'`, which then fails with a syntax error but is
+        // still logged). Read with backslash escapes, so the rest of such a
+        // string cannot come out as words.
+        let standard = out[start..].to_owned();
+        out.truncate(start);
+        if mask_pass(sql, out, true) && standard.len() < out.len() - start {
+            // Open either way: keep the reading that swallowed more of the
+            // text into its final placeholder.
+            out.truncate(start);
+            out.push_str(&standard);
+        }
+    }
+}
+
+/// One masking pass; `plain_backslash` reads `'…'` with backslash escapes.
+/// Returns whether a string literal was still open at the end of the text.
+fn mask_pass(sql: &str, out: &mut String, plain_backslash: bool) -> bool {
     let bytes = sql.as_bytes();
-    let mut lx = Lexer::new(bytes);
+    let mut open_string = false;
+    let mut lx = Lexer::new(bytes, plain_backslash);
     let mut em = Emitter { sql, out, placeholders: 0, prev: Tok::START, semicolons: 0, run_start: 0, run_end: NO_RUN };
     loop {
         let prev = lx.prev();
         let tok = lx.next();
         if tok.kind == Kind::Eof {
             break;
+        }
+        if tok.kind == Kind::Str && tok.end == bytes.len() {
+            open_string = tok.end - tok.start < 2 || bytes[tok.end - 1] != b'\'';
         }
         // Cheap guard first: only `IN (`, `VALUES (` and `ARRAY[` can collapse.
         let opens = matches!(tok.kind, Kind::LParen | Kind::LBrack) && prev.kind == Kind::Word;
@@ -88,6 +113,7 @@ pub fn mask_into(sql: &str, out: &mut String) {
     }
     // Semicolons still pending now are trailing ones: dropped on purpose.
     em.flush_run();
+    open_string
 }
 
 /// Convenience wrapper over [`mask_into`].
@@ -454,11 +480,13 @@ struct Lexer<'a> {
     prev_kind: Kind,
     prev_start: usize,
     prev_end: usize,
+    /// Read plain `'…'` strings with backslash escapes (see [`mask_into`]).
+    plain_backslash: bool,
 }
 
 impl<'a> Lexer<'a> {
-    fn new(s: &'a [u8]) -> Self {
-        Lexer { s, pos: 0, prev_kind: Kind::Start, prev_start: 0, prev_end: 0 }
+    fn new(s: &'a [u8], plain_backslash: bool) -> Self {
+        Lexer { s, pos: 0, prev_kind: Kind::Start, prev_start: 0, prev_end: 0, plain_backslash }
     }
 
     fn prev(&self) -> Tok {
@@ -509,7 +537,7 @@ impl<'a> Lexer<'a> {
         }
         let one = start + 1;
         Some(match b {
-            b'\'' => (Kind::Str, string_lit(s, one, false, false)),
+            b'\'' => (Kind::Str, string_lit(s, one, self.plain_backslash, false)),
             b'"' => (Kind::QIdent, qident_end(s, one)?),
             b'0'..=b'9' => (Kind::Num, number_end(s, start)),
             b'.' if is_digit(s.get(one)) => (Kind::Num, number_end(s, start)),
@@ -913,6 +941,22 @@ mod tests {
             assert_eq!(got, want, "mask({input:?})");
             assert_eq!(mask(&got), got, "not idempotent on {input:?}");
         }
+    }
+
+    #[test]
+    fn backslash_escaped_quotes_do_not_let_words_out() {
+        // Real PostgreSQL 15 log text of a statement written for
+        // standard_conforming_strings = off (it fails, and is logged).
+        check(&[
+            ("SELECT * FROM acc WHERE note = 'O\\'Brien hunter2';", "SELECT * FROM acc WHERE note = $1"),
+            ("UPDATE t SET a = 'x\\'y', b = 'it''s' WHERE c = 'z\\\\'", "UPDATE t SET a = $1, b = $2 WHERE c = $3"),
+        ]);
+        // Balanced only when read with escapes.
+        let got = mask("SELECT 'a\\' zqzq 'b");
+        assert!(!got.contains("zqzq"), "{got}");
+        assert_eq!(mask(&got), got);
+        // A plain backslash in a standard string stays standard.
+        check(&[("SELECT 'C:\\dir' AS p", "SELECT $1 AS p")]);
     }
 
     #[test]

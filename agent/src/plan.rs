@@ -303,9 +303,21 @@ fn masked(text: &str) -> String {
 // ---------------------------------------------------------------------------
 // Text
 
+/// Whether `s` leaves a `'…'` constant open. EXPLAIN prints constants in
+/// standard form (quotes doubled, never backslash-escaped), so parity is exact.
+fn string_open(s: &str) -> bool {
+    s.bytes().filter(|b| *b == b'\'').count() % 2 == 1
+}
+
 fn mask_text(plan: &str, out: &mut String) -> Result<(), PlanError> {
     let mut seen_root = false;
+    // Lines already consumed as the continuation of a multi-line constant.
+    let mut swallowed = 0usize;
     for (index, piece) in plan.split('\n').enumerate() {
+        if swallowed > 0 {
+            swallowed -= 1;
+            continue;
+        }
         if index > 0 {
             out.push('\n');
         }
@@ -348,6 +360,20 @@ fn mask_text(plan: &str, out: &mut String) -> Result<(), PlanError> {
                 out.push(' ');
                 if is_structural_text_key(key) {
                     out.push_str(value);
+                } else if string_open(value) {
+                    // A constant with a newline in it continues on the next
+                    // lines: mask them together, or its second line would
+                    // be read as words outside any string.
+                    let mut joined = value.to_owned();
+                    for next in plan.split('\n').skip(index + 1) {
+                        if !string_open(&joined) {
+                            break;
+                        }
+                        joined.push('\n');
+                        joined.push_str(next);
+                        swallowed += 1;
+                    }
+                    mask_into(&joined, out);
                 } else {
                     mask_into(value, out);
                 }
@@ -771,6 +797,17 @@ mod tests {
         assert!(masked.get("Query Text").is_none());
         assert!(masked.get("Query Parameters").is_none());
         assert_eq!(masked["Plan"]["Alias"], "o");
+    }
+
+    #[test]
+    fn constants_with_newlines_are_masked_whole() {
+        // As PostgreSQL prints `WHERE body = 'first line\nSecret …'` in a text plan.
+        let plan = "Seq Scan on notes  (cost=0.00..1.01 rows=1 width=4)\n  Filter: (body = 'first line\nSecret Second Line hunter2'::text)\n  Rows Removed by Filter: 3";
+        let mut out = String::new();
+        mask_plan(plan, PlanFormat::Text, &mut out).unwrap();
+        assert!(!out.contains("Secret") && !out.contains("hunter2") && !out.contains("first line"), "{out}");
+        assert!(out.contains("Rows Removed by Filter: 3"), "{out}");
+        assert!(out.contains("Filter: (body = $1::text)"), "{out}");
     }
 
     #[test]

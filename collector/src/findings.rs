@@ -62,8 +62,11 @@ pub struct DetectorConfig {
     pub nested_loop_min_outer_rows: u64,
     /// Errors of one statement that make a hot spot ...
     pub error_min_count: u64,
-    /// ... or the share of its executions that failed.
+    /// ... or the share of its executions that failed, counted from this
+    /// many errors on (a failed statement has no duration line, so one
+    /// typo would otherwise be "100% failing").
     pub error_min_share: f64,
+    pub error_min_count_for_share: u64,
 }
 
 impl Default for DetectorConfig {
@@ -75,6 +78,7 @@ impl Default for DetectorConfig {
             nested_loop_min_outer_rows: 10_000,
             error_min_count: 10,
             error_min_share: 0.05,
+            error_min_count_for_share: 3,
         }
     }
 }
@@ -318,7 +322,7 @@ pub fn error_hotspots(store: &Store, cfg: &DetectorConfig, out: &mut Vec<Finding
             continue;
         }
         let share = errors as f64 / (errors + stats.calls) as f64;
-        if errors < cfg.error_min_count && share < cfg.error_min_share {
+        if errors < cfg.error_min_count && (share < cfg.error_min_share || errors < cfg.error_min_count_for_share) {
             continue;
         }
         let mut ev = Map::new();
@@ -393,16 +397,27 @@ mod tests {
 
     #[test]
     fn error_hotspot_thresholds() {
-        let mut s = store(&[("INSERT INTO t VALUES ($1)", 9, 1), ("SELECT 1", 100, 1)]);
-        for e in s.queries.values_mut() {
-            if e.text.starts_with("INSERT") {
-                e.stats.record_error("23505", "duplicate key value violates unique constraint \"t_pkey\"", None);
+        let with_errors = |n: usize| {
+            let mut s = store(&[("INSERT INTO t VALUES ($1)", 27, 1), ("SELECT 1", 100, 1)]);
+            for e in s.queries.values_mut() {
+                if e.text.starts_with("INSERT") {
+                    for _ in 0..n {
+                        e.stats.record_error(
+                            "23505",
+                            "duplicate key value violates unique constraint \"t_pkey\"",
+                            None,
+                        );
+                    }
+                }
             }
-        }
-        let mut out = Vec::new();
-        error_hotspots(&s, &DetectorConfig::default(), &mut out);
-        assert_eq!(out.len(), 1, "1 of 10 executions failed: over the 5% share");
-        assert_eq!(out[0].evidence["sqlstates"]["23505"]["count"], json!(1));
+            let mut out = Vec::new();
+            error_hotspots(&s, &DetectorConfig::default(), &mut out);
+            out
+        };
+        let out = with_errors(3);
+        assert_eq!(out.len(), 1, "3 of 30 executions failed: over the 5% share with 3 errors");
+        assert_eq!(out[0].evidence["sqlstates"]["23505"]["count"], json!(3));
+        assert!(with_errors(1).is_empty(), "a single failure is no hot spot");
         let mut out = Vec::new();
         error_hotspots(&store(&[("SELECT 1", 100, 1)]), &DetectorConfig::default(), &mut out);
         assert!(out.is_empty());

@@ -242,10 +242,10 @@ impl Report {
         }
         let _ = writeln!(o);
         let head = format!(
-            "{:>3} {:>11} {:>6} {:>9} {:>9} {:>9} {:>9} {:>6}  ",
-            "#", "total ms", "share", "calls", "mean ms", "p95 ms", "p99 ms", "errors"
+            "{:>3} {:>10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5}  ",
+            "#", "total ms", "share", "calls", "mean ms", "p95 ms", "p99 ms", "errs"
         );
-        let room = width.saturating_sub(head.chars().count()).max(20);
+        let room = width.saturating_sub(head.chars().count()).max(12);
         let _ = writeln!(o, "{head}query");
         for (n, r) in self.queries.iter().enumerate() {
             let flat: String = r.query.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -256,7 +256,7 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "{:>3} {:>11.1} {:>5.1}% {:>9} {:>9.3} {:>9.3} {:>9.3} {:>6}  {q}",
+                "{:>3} {:>10.1} {:>5.1}% {:>8} {:>8.3} {:>8.3} {:>8.3} {:>5}  {q}",
                 n + 1,
                 r.total_ms,
                 r.share * 100.0,
@@ -361,7 +361,11 @@ mod tests {
     fn text_fits_the_width() {
         let r = Report::build(&store(), vec![], SortKey::Total, 0, |t| t.to_string());
         let t = r.to_text(80);
-        assert!(t.lines().all(|l| l.chars().count() <= 120), "{t}");
+        let rows: Vec<&str> = t.lines().skip_while(|l| !l.trim_start().starts_with('#')).take(4).collect();
+        assert_eq!(rows.len(), 4, "{t}");
+        assert!(rows.iter().all(|l| l.chars().count() <= 80), "{t}");
         assert!(t.contains("SELECT c FROM t"));
+        let wide = Report::build(&store(), vec![], SortKey::Total, 0, |t| t.to_string()).to_text(200);
+        assert!(wide.lines().filter(|l| l.contains("FROM t")).all(|l| l.chars().count() <= 200));
     }
 }

@@ -73,7 +73,7 @@ pub struct InputStats {
     /// `duration:` lines that could not be tied to a statement (e.g. the
     /// log_duration pairing needs a session id or pid in the prefix).
     pub unattributed_durations: u64,
-    /// Files that could not be read at all.
+    /// Files that could not be read to their end (what was read is kept).
     pub unreadable_files: u64,
 }
 

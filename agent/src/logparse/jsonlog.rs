@@ -76,7 +76,7 @@ impl JsonParser {
             if self.skip_line {
                 self.skip_line = !complete;
             } else if len > self.cap {
-                self.stats.truncated += 1;
+                self.salvage(&buf[pos..pos + self.cap], self.base_line + 1, sink);
                 self.skip_line = !complete;
             } else {
                 self.line(&buf[pos..end], self.base_line + 1, sink);
@@ -97,7 +97,7 @@ impl JsonParser {
             return;
         }
         match serde_json::from_slice::<Record<'_>>(line) {
-            Ok(rec) => self.emit(rec, line_no, false, sink),
+            Ok(rec) => self.emit(rec, line_no, false, false, sink),
             Err(_) => {
                 // serde_json rejects invalid UTF-8; PostgreSQL writes the
                 // database encoding as is, so retry on a repaired copy.
@@ -107,16 +107,51 @@ impl JsonParser {
                     return;
                 }
                 match serde_json::from_str::<Record<'_>>(&repaired) {
-                    Ok(rec) => self.emit(rec, line_no, true, sink),
+                    Ok(rec) => self.emit(rec, line_no, true, false, sink),
                     Err(_) => self.stats.unparsed += 1,
                 }
             }
         }
     }
 
-    fn emit<F: FnMut(LogEntry<'_>)>(&mut self, rec: Record<'_>, line: u64, lossy: bool, sink: &mut F) {
+    /// A line longer than the cap, cut at the cap: close the JSON where it
+    /// was cut, so that the fields before the cut survive (PostgreSQL writes
+    /// `message` before `statement`, `detail` and the rest), and emit the
+    /// entry marked truncated. A cut that cannot be closed is counted.
+    fn salvage<F: FnMut(LogEntry<'_>)>(&mut self, head: &[u8], line_no: u64, sink: &mut F) {
+        let (text, lossy) = match std::str::from_utf8(head) {
+            Ok(t) => (t.to_owned(), false),
+            // The cut may split a character: that alone is not bad input.
+            Err(e) if e.error_len().is_none() => {
+                (String::from_utf8_lossy(&head[..e.valid_up_to()]).into_owned(), false)
+            }
+            Err(_) => (String::from_utf8_lossy(head).into_owned(), true),
+        };
+        let mut text = text;
+        // Do not end inside an escape: `\` or `\u12`.
+        if let Some(i) = text.rfind('\\')
+            && text.len() - i <= 5
+        {
+            let odd = text[..=i].chars().rev().take_while(|c| *c == '\\').count() % 2 == 1;
+            if odd {
+                text.truncate(i);
+            }
+        }
+        for closer in ["\"}", "}", "\"\"}", ":\"\"}", "\":\"\"}"] {
+            let candidate = format!("{text}{closer}");
+            if let Ok(rec) = serde_json::from_str::<Record<'_>>(&candidate) {
+                self.emit(rec, line_no, lossy, true, sink);
+                return;
+            }
+        }
+        self.stats.truncated += 1;
+        self.stats.unparsed += 1;
+    }
+
+    fn emit<F: FnMut(LogEntry<'_>)>(&mut self, rec: Record<'_>, line: u64, lossy: bool, truncated: bool, sink: &mut F) {
         let Some((timestamp, _)) = rec.timestamp.as_deref().and_then(|t| parse_timestamp(t.as_bytes())) else {
             self.stats.unparsed += 1;
+            self.stats.truncated += u64::from(truncated);
             return;
         };
         let entry = LogEntry {
@@ -136,9 +171,9 @@ impl JsonParser {
             hint: rec.hint,
             context: rec.context,
             statement: rec.statement,
-            truncated: false,
+            truncated,
         };
-        count_entry(&mut self.stats, false, lossy);
+        count_entry(&mut self.stats, truncated, lossy);
         sink(entry);
     }
 }
@@ -189,8 +224,23 @@ mod tests {
         let (entries, stats) = run(input.as_bytes(), 100, 4096);
         assert_eq!(entries.len(), 2);
         assert_eq!(stats.truncated, 1);
-        assert_eq!(stats.unparsed, 1);
+        // The over-cap line closes as JSON but has no valid time; and the
+        // unterminated last line.
+        assert_eq!(stats.unparsed, 2);
         assert_eq!(stats.lines, 4);
+    }
+
+    #[test]
+    fn over_cap_lines_keep_the_fields_before_the_cut() {
+        let long = format!(
+            "{{\"timestamp\":\"2026-11-24 09:00:00.001 UTC\",\"pid\":7,\"error_severity\":\"LOG\",\"message\":\"duration: 900.000 ms  statement: SELECT * FROM t WHERE id IN ({})\"}}\n",
+            "1, ".repeat(3000)
+        );
+        let (entries, stats) = run(long.as_bytes(), 700, 4096);
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].1.starts_with("duration: 900.000 ms  statement: SELECT * FROM t WHERE id IN (1, 1,"));
+        assert_eq!(stats.truncated, 1);
+        assert_eq!(stats.unparsed, 0);
     }
 
     #[test]
