@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/deps.sh >/dev/null   # libclang-dev for the build (and the test tools)
+scripts/deps.sh --build-only   # libclang-dev, which pg_query's build needs
 cargo build --release --locked --quiet
 # Any argument naming an existing file, directory or glob means "analyze
 # that"; otherwise the shipped log is analyzed.

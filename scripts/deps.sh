@@ -18,9 +18,22 @@
 # `apt-get install -y --no-install-recommends`. Not root and something missing:
 # it prints the exact command to run and exits 1, rather than calling sudo
 # behind the user's back.
+#
+# `scripts/deps.sh --build-only` installs only what building needs
+# (libclang-dev) and prints nothing: enough for `querywatch analyze`.
 set -euo pipefail
 
+build_only=false
+case "${1:-}" in
+    --build-only) build_only=true ;;
+    "") ;;
+    *) echo "usage: scripts/deps.sh [--build-only]" >&2; exit 2 ;;
+esac
+
 packages=(libclang-dev postgresql postgresql-contrib pgbadger time python3-venv)
+if $build_only; then
+    packages=(libclang-dev)
+fi
 
 # dpkg-query is the authority on "installed"; a binary on PATH may come from a
 # different source, but these are Debian package names, so ask dpkg.
@@ -48,6 +61,10 @@ if ((${#missing[@]} > 0)); then
         echo "run as root:  apt-get update && ${cmd[*]}" >&2
         exit 1
     fi
+fi
+
+if $build_only; then
+    exit 0
 fi
 
 # The OTLP interop test decodes our bytes with a decoder we did not write:

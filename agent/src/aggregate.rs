@@ -89,7 +89,10 @@ pub struct Aggregator {
     cfg: AggregatorConfig,
     sessionizer: Sessionizer,
     /// Hash of raw statement text → shape.
-    raw: FxHashMap<u64, ShapeId>,
+    /// Keyed by (hash, length): a 64-bit hash alone would, at 100k entries,
+    /// collide about once in 10^9 runs; the length makes a silent
+    /// misattribution rarer still at no cost.
+    raw: FxHashMap<(u64, usize), ShapeId>,
     shapes: Interner,
     overflow_shape: Option<ShapeId>,
     names: Interner,
@@ -252,7 +255,7 @@ impl Aggregator {
     fn shape(&mut self, raw: &str) -> ShapeId {
         let mut h = FxHasher::default();
         raw.hash(&mut h);
-        let hash = h.finish();
+        let hash = (h.finish(), raw.len());
         if let Some(id) = self.raw.get(&hash) {
             return *id;
         }

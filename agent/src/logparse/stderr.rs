@@ -48,6 +48,8 @@ struct Pending {
     current: Option<usize>,
     size: usize,
     truncated: bool,
+    /// Some continuation line had bytes that are not UTF-8.
+    lossy: bool,
     unparsed: u64,
 }
 
@@ -206,6 +208,7 @@ impl StderrParser {
                     current: None,
                     size: line.len(),
                     truncated: false,
+                    lossy: false,
                     unparsed: 0,
                 });
             }
@@ -223,16 +226,22 @@ impl StderrParser {
             Some(i) => &mut p.secondary[i].1,
         };
         let mut s = match std::mem::replace(piece, Piece::Owned(String::new())) {
-            Piece::Range(r0) => String::from_utf8_lossy(&buf[r0]).into_owned(),
+            Piece::Range(r0) => {
+                let (t, bad) = text(&buf[r0]);
+                p.lossy |= bad;
+                t.into_owned()
+            }
             Piece::Owned(s) => s,
         };
         s.push('\n');
-        s.push_str(&String::from_utf8_lossy(&buf[r]));
+        let (t, bad) = text(&buf[r]);
+        p.lossy |= bad;
+        s.push_str(&t);
         *piece = Piece::Owned(s);
     }
 
     fn emit<F: FnMut(LogEntry<'_>)>(&mut self, buf: &[u8], p: Pending, sink: &mut F) {
-        let mut lossy = false;
+        let mut lossy = p.lossy;
         let mut conv = |piece: Piece| -> Cow<'_, str> {
             match piece {
                 Piece::Range(r) => {
@@ -411,6 +420,21 @@ not a log line\n\
         assert_eq!(entries.len(), 1);
         assert!(entries[0].message.contains('\u{fffd}'));
         assert_eq!(stats.invalid_utf8, 1);
+    }
+
+    #[test]
+    fn invalid_utf8_on_continuation_lines_is_counted_per_entry() {
+        let mut input = Vec::new();
+        for _ in 0..2 {
+            input.extend_from_slice(
+                b"2026-11-24 09:00:00.001 UTC [10] LOG:  duration: 2.000 ms  statement: SELECT\n\t'",
+            );
+            input.extend_from_slice(&[0xff, 0xfe]);
+            input.extend_from_slice(b"'\n");
+        }
+        let (entries, stats) = run("%m [%p] ", &input, usize::MAX, 1 << 20);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(stats.invalid_utf8, 2);
     }
 
     #[test]
