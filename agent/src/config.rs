@@ -262,11 +262,8 @@ impl Config {
         if interval < Duration::from_secs(1) {
             return Err(invalid("interval", "must be at least 1s"));
         }
-        let state_dir = flags
-            .state_dir
-            .clone()
-            .or(file.state_dir)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/querywatch"));
+        let state_dir =
+            flags.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/querywatch"));
 
         let logs = Self::logs(file.logs, flags)?;
         let database = Self::database(file.database, env, flags)?;
@@ -337,8 +334,8 @@ impl Config {
             return Ok(None);
         }
         let pattern_src = raw.pattern.unwrap_or_else(|| "postgresql-*".to_owned());
-        let pattern = glob::Pattern::new(&pattern_src)
-            .map_err(|e| invalid("logs.pattern", format!("{pattern_src:?}: {e}")))?;
+        let pattern =
+            glob::Pattern::new(&pattern_src).map_err(|e| invalid("logs.pattern", format!("{pattern_src:?}: {e}")))?;
         let format = match raw.format.as_deref() {
             None | Some("auto") => None,
             Some(f) => Some(f.parse::<LogFormat>().map_err(|e| invalid("logs.format", e))?),

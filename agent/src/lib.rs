@@ -14,3 +14,4 @@ pub mod logparse;
 pub mod mask;
 
 pub mod plan;
+pub mod stats;

@@ -7,4 +7,5 @@
 
 mod analyze_pg;
 mod formats;
+mod stats_poll;
 mod support;
