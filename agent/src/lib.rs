@@ -10,6 +10,7 @@
 pub mod aggregate;
 pub mod config;
 pub mod events;
+pub mod export;
 pub mod logparse;
 pub mod mask;
 
