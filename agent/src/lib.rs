@@ -16,3 +16,4 @@ pub mod mask;
 
 pub mod plan;
 pub mod stats;
+pub mod tail;
