@@ -4,6 +4,7 @@
 //! configuration and runs a subcommand. Errors reach the user through
 //! `anyhow` with a message that says how to fix them.
 
+mod agent;
 mod analyze;
 
 use clap::{Parser, Subcommand};
@@ -25,12 +26,15 @@ struct Cli {
 enum Command {
     /// Analyze PostgreSQL log files offline into a report (pgbadger's job).
     Analyze(analyze::AnalyzeArgs),
+    /// Run the sidecar agent: follow this node's PostgreSQL logs and export OTLP to the collector.
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Analyze(args) => analyze::run(args),
+        Command::Agent(args) => agent::run(args),
     };
     match result {
         Ok(code) => code,

@@ -15,5 +15,6 @@ pub mod logparse;
 pub mod mask;
 
 pub mod plan;
+pub mod run;
 pub mod stats;
 pub mod tail;

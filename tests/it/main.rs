@@ -5,6 +5,7 @@
 //! (`support::PgCluster`); without the server binaries they fail and say to
 //! run `scripts/deps.sh`, unless `QUERYWATCH_SKIP_PG=1`.
 
+mod agent_live;
 mod analyze_pg;
 mod formats;
 mod stats_poll;

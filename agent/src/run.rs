@@ -1,0 +1,541 @@
+//! The live agent's loop for the log source: tail → parse → aggregate per
+//! interval → OTLP → exporter, and the log checkpoint moved only by the
+//! exporter's receipts (DESIGN.md, "Failure behaviour").
+//!
+//! Two halves:
+//! - a blocking worker ([`tokio::task::spawn_blocking`]) owns the
+//!   [`Tailer`], one [`Parser`] per file generation and the current
+//!   interval's [`Aggregator`]. It polls every [`POLL_EVERY`] (at once
+//!   again while a backlog remains) and obeys commands: *cut* (finish the
+//!   aggregator and capture the tailer's watermark in the same step, so the
+//!   batch holds exactly the bytes the watermark covers), *commit* (a
+//!   receipt arrived: commit and checkpoint) and *stop*.
+//! - the async side ticks every `interval`, encodes each cut with the node's
+//!   [`ResourceInfo`], submits it, turns receipts into commits, and on
+//!   SIGTERM/SIGINT cuts the last interval, flushes the exporter, commits
+//!   what it settled and stops the worker, within [`RunOptions::grace`].
+//!
+//! Runtime problems are counted and said once on stderr; only a bad
+//! configuration (the tailer's or exporter's) makes [`run`] fail.
+//!
+//! Delivery is at least once, never less: a restart resumes at the last
+//! checkpoint, which lags the collector's acknowledgement by the few
+//! milliseconds between a receipt and the checkpoint write; a SIGKILL in
+//! that window sends that batch again.
+//!
+//! Shortcuts taken on purpose:
+//! - The statistics poller is not wired in: its OTLP mapping does not
+//!   exist yet. A configured `[database]` source is reported as ignored.
+//! - The agent's own health (tail and export counters) is not exported yet;
+//!   it is printed at exit.
+//! - A new [`Aggregator`] per interval: lines that pair across an interval
+//!   boundary (`log_statement` + `log_duration` without
+//!   `log_min_duration_statement`), and extended-protocol `parse`/`bind`
+//!   durations waiting for their `execute`, lose their pairing there (the
+//!   call is still counted; the parse/bind time is not), and the masking
+//!   cache starts cold each interval. Keeping the sessions needs an
+//!   `Aggregator` method that finishes an interval without consuming it.
+
+use crate::aggregate::{Aggregator, AggregatorConfig};
+use crate::config::{Config, LogsConfig};
+use crate::export::{Batch, ExportCounters, ExportError, Exporter, Options, Outcome, Receipt};
+use crate::logparse::{self, LogFormat, ParseStats, Parser};
+use crate::tail::{Chunk, FileId, Source, StartAt, TailConfig, TailError, TailStats, Tailer, Watermark};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use querywatch_wire::Observations;
+use querywatch_wire::otlp::{ResourceInfo, encode_logs, encode_metrics};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// How often the tailer looks for new bytes when there is no backlog.
+pub const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// How [`run`] behaves beyond the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Read what is there, export it as one batch, flush and stop.
+    pub once: bool,
+    /// After SIGTERM/SIGINT (or in `once` mode, after the read), how long
+    /// the last cut, the exporter's flush and the checkpoint may take in
+    /// all before the agent stops anyway (uncommitted data is then read
+    /// again on the next start: nothing is lost).
+    pub grace: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        // The exporter's own flush timeout is 5 s, plus a spool write.
+        RunOptions { once: false, grace: Duration::from_secs(15) }
+    }
+}
+
+/// What a run did, printed at exit.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub batches: u64,
+    pub receipts: u64,
+    /// Batches acknowledged or spooled (the rest were dropped and counted).
+    pub delivered: u64,
+    /// Runtime errors (submit failures, checkpoint writes, unusable files).
+    pub errors: u64,
+    pub tail: TailStats,
+    pub export: Option<ExportCounters>,
+    /// The shutdown did not finish within [`RunOptions::grace`].
+    pub timed_out: bool,
+}
+
+/// What stops the agent from starting: configuration only.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "no log source configured: this agent build exports the log source only (the statistics \
+         poller's export is not wired in yet); set [logs] directory or files"
+    )]
+    NoLogSource,
+    #[error("log source: {0}")]
+    Tail(#[from] TailError),
+    #[error("export: {0}")]
+    Export(#[from] ExportError),
+    #[error("cannot set up {what}: {source}")]
+    Setup { what: &'static str, source: std::io::Error },
+}
+
+/// The node's OTLP resource from the configuration.
+pub fn resource_info(cfg: &Config) -> ResourceInfo {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| cfg.node.clone());
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    ResourceInfo {
+        service_version: env!("CARGO_PKG_VERSION").to_owned(),
+        // One agent process: the node alone would not tell a restarted agent
+        // (whose delta series start over) from the one before.
+        service_instance_id: format!("{}-{}-{started}", cfg.node, std::process::id()),
+        host_name: host,
+        server_address: String::new(),
+        server_port: None,
+        node: cfg.node.clone(),
+        cluster: cfg.cluster.clone(),
+        extra: cfg
+            .resource
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.clone(),
+                value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.clone())) }),
+                ..KeyValue::default()
+            })
+            .collect(),
+    }
+}
+
+/// Runs the agent on a runtime of its own until SIGTERM/SIGINT (or, with
+/// [`RunOptions::once`], until what is there has been exported).
+pub fn run_blocking(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| RunError::Setup { what: "the async runtime", source })?;
+    rt.block_on(run(cfg, opts))
+}
+
+/// The agent loop; see the module documentation. Call within a tokio
+/// runtime with I/O, time and signals enabled.
+pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> {
+    for line in cfg.describe_sources() {
+        eprintln!("querywatch agent: {line}");
+    }
+    let logs = cfg.logs.clone().ok_or(RunError::NoLogSource)?;
+    if cfg.database.is_some() {
+        eprintln!(
+            "querywatch agent: note: the database source is configured but not exported yet by this build; \
+             only the log source runs"
+        );
+    }
+    let tailer = Tailer::new(tail_config(&logs, &cfg))?;
+    eprintln!("querywatch agent: checkpoint {}", tailer.checkpoint_path().display());
+    let (exporter, mut receipts) =
+        Exporter::new(&cfg.export, &cfg.state_dir, Options::default())?.spawn::<Watermark>(4);
+    // Signal handlers before any work, so an early SIGTERM is a clean stop.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| RunError::Setup { what: "the SIGTERM handler", source })?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|source| RunError::Setup { what: "the SIGINT handler", source })?;
+
+    let agg_cfg =
+        AggregatorConfig { max_shapes: logs.max_shapes, max_text: logs.max_entry_bytes, ..AggregatorConfig::default() };
+    let (cmd_tx, cmd_rx) = std_mpsc::channel();
+    let worker = Worker::new(tailer, logs, agg_cfg);
+    let worker = tokio::task::spawn_blocking(move || worker.run(cmd_rx));
+
+    let mut lp = Loop {
+        cmd: cmd_tx,
+        resource: resource_info(&cfg),
+        last_cut: now_ns(),
+        summary: RunSummary::default(),
+        said: HashSet::new(),
+    };
+    eprintln!(
+        "querywatch agent: node {:?}, exporting every {:?} to {} ({:?})",
+        cfg.node, cfg.interval, cfg.export.endpoint, cfg.export.protocol
+    );
+
+    if !opts.once {
+        let start = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval_at(start + cfg.interval, cfg.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Some(batch) = lp.cut(CutMode::Plain).await
+                        && exporter.submit(batch).await.is_err()
+                    {
+                        lp.error("submit", "the exporter has stopped; data stays in the log for the next start".into());
+                    }
+                }
+                Some(r) = receipts.recv() => lp.settle(r),
+                _ = sigterm.recv() => { eprintln!("querywatch agent: SIGTERM: stopping"); break; }
+                _ = sigint.recv() => { eprintln!("querywatch agent: SIGINT: stopping"); break; }
+            }
+        }
+    }
+
+    // The last interval (in `once` mode the only one), flush, commit, stop.
+    let mode = if opts.once { CutMode::Drain } else { CutMode::PollFirst };
+    let finish = async {
+        if let Some(batch) = lp.cut(mode).await
+            && exporter.submit(batch).await.is_err()
+        {
+            lp.error("submit", "the exporter has stopped; data stays in the log for the next start".into());
+        }
+        let counters = exporter.shutdown().await;
+        while let Ok(r) = receipts.try_recv() {
+            lp.settle(r);
+        }
+        counters
+    };
+    match tokio::time::timeout(opts.grace, finish).await {
+        Ok(counters) => lp.summary.export = Some(counters),
+        Err(_) => {
+            lp.summary.timed_out = true;
+            eprintln!(
+                "querywatch agent: shutdown took longer than {:?}; stopping anyway (unacknowledged data is read \
+                 again on the next start)",
+                opts.grace
+            );
+        }
+    }
+    // Stop: the worker writes its last checkpoint (of what was committed).
+    let _ = lp.cmd.send(Cmd::Stop);
+    match tokio::time::timeout(Duration::from_secs(5), worker).await {
+        Ok(Ok(end)) => {
+            lp.summary.errors += end.errors;
+            lp.summary.tail = end.tail;
+        }
+        Ok(Err(e)) => lp.error("worker", format!("the log worker failed: {e}")),
+        Err(_) => lp.error("worker", "the log worker did not stop within 5s".into()),
+    }
+    let s = &lp.summary;
+    eprintln!(
+        "querywatch agent: stopped: {} batches, {} settled, {} runtime errors; read {} bytes from {} files",
+        s.batches, s.receipts, s.errors, s.tail.bytes_read, s.tail.files_opened
+    );
+    Ok(lp.summary)
+}
+
+fn tail_config(logs: &LogsConfig, cfg: &Config) -> TailConfig {
+    let mut sources = Vec::new();
+    if let Some(dir) = &logs.directory {
+        sources.push(Source::Directory { dir: dir.clone(), pattern: logs.pattern.as_str().to_owned() });
+    }
+    sources.extend(logs.files.iter().cloned().map(Source::File));
+    let mut tc = TailConfig::new(sources, cfg.state_dir.clone());
+    tc.start_at = if logs.start_at_end { StartAt::End } else { StartAt::Beginning };
+    tc.max_entry_bytes = logs.max_entry_bytes;
+    tc
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The async side's state.
+struct Loop {
+    cmd: std_mpsc::Sender<Cmd>,
+    resource: ResourceInfo,
+    last_cut: u64,
+    summary: RunSummary,
+    /// Error kinds already said on stderr (each is counted always).
+    said: HashSet<&'static str>,
+}
+
+impl Loop {
+    fn error(&mut self, kind: &'static str, message: String) {
+        self.summary.errors += 1;
+        if self.said.insert(kind) {
+            eprintln!("querywatch agent: error: {message} (said once; counted)");
+        }
+    }
+
+    /// Cuts the interval in the worker and encodes it as a batch.
+    async fn cut(&mut self, mode: CutMode) -> Option<Batch<Watermark>> {
+        let (reply, rx) = oneshot::channel();
+        if self.cmd.send(Cmd::Cut { mode, reply }).is_err() {
+            self.error("worker", "the log worker has stopped".into());
+            return None;
+        }
+        let Ok(cut) = rx.await else {
+            self.error("worker", "the log worker has stopped".into());
+            return None;
+        };
+        let end = now_ns().max(self.last_cut + 1);
+        let interval = (self.last_cut, end);
+        self.last_cut = end;
+        self.summary.batches += 1;
+        Some(Batch {
+            metrics: encode_metrics(&cut.obs, &self.resource, interval),
+            logs: encode_logs(&cut.obs, &self.resource, interval),
+            watermark: cut.watermark,
+        })
+    }
+
+    /// Every receipt settles its watermark (acked, spooled, or dropped and
+    /// counted by the exporter), so each one is committed.
+    fn settle(&mut self, r: Receipt<Watermark>) {
+        self.summary.receipts += 1;
+        // A rejected batch is committed too: the exporter counted and said
+        // it, and sending the same data again would be refused again.
+        if matches!(r.outcome, Outcome::Acked | Outcome::Spooled) {
+            self.summary.delivered += 1;
+        }
+        if self.cmd.send(Cmd::Commit(r.watermark)).is_err() {
+            self.error("worker", "the log worker has stopped".into());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutMode {
+    /// Cut what has been consumed so far.
+    Plain,
+    /// Poll once more first (the last interval at shutdown).
+    PollFirst,
+    /// Read everything there is first (`--once`).
+    Drain,
+}
+
+enum Cmd {
+    Cut { mode: CutMode, reply: oneshot::Sender<Cut> },
+    Commit(Watermark),
+    Stop,
+}
+
+/// One interval's data and the watermark of exactly the bytes it holds.
+struct Cut {
+    obs: Observations,
+    watermark: Watermark,
+}
+
+/// What the worker reports when it stops.
+struct WorkerEnd {
+    errors: u64,
+    tail: TailStats,
+}
+
+/// A file generation's parser and the part of its counters already
+/// reported in an interval.
+struct FileParser {
+    parser: Parser,
+    reported: ParseStats,
+}
+
+struct Worker {
+    tailer: Tailer,
+    logs: LogsConfig,
+    parsers: HashMap<FileId, FileParser>,
+    agg_cfg: AggregatorConfig,
+    agg: Aggregator,
+    /// Parser counters of generations finished during this interval.
+    finished: ParseStats,
+    errors: u64,
+    said: HashSet<String>,
+}
+
+impl Worker {
+    fn new(tailer: Tailer, logs: LogsConfig, agg_cfg: AggregatorConfig) -> Worker {
+        Worker {
+            tailer,
+            logs,
+            parsers: HashMap::new(),
+            agg: Aggregator::new(agg_cfg.clone()),
+            agg_cfg,
+            finished: ParseStats::default(),
+            errors: 0,
+            said: HashSet::new(),
+        }
+    }
+
+    fn run(mut self, rx: std_mpsc::Receiver<Cmd>) -> WorkerEnd {
+        let mut next_poll = Instant::now();
+        loop {
+            match rx.recv_timeout(next_poll.saturating_duration_since(Instant::now())) {
+                Ok(Cmd::Cut { mode, reply }) => {
+                    match mode {
+                        CutMode::Plain => {}
+                        CutMode::PollFirst => {
+                            self.poll();
+                        }
+                        CutMode::Drain => while self.poll() {},
+                    }
+                    let _ = reply.send(self.cut());
+                }
+                Ok(Cmd::Commit(wm)) => {
+                    self.tailer.commit(&wm);
+                    self.checkpoint();
+                }
+                Ok(Cmd::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    let more = self.poll();
+                    next_poll = if more { Instant::now() } else { Instant::now() + POLL_EVERY };
+                }
+            }
+        }
+        self.checkpoint();
+        WorkerEnd { errors: self.errors, tail: self.tailer.stats().clone() }
+    }
+
+    fn checkpoint(&mut self) {
+        if let Err(e) = self.tailer.checkpoint() {
+            self.errors += 1;
+            if self.said.insert("checkpoint".into()) {
+                eprintln!("querywatch agent: error: {e} (retried at the next commit; said once)");
+            }
+        }
+    }
+
+    /// One poll; whether there is more to read right away.
+    fn poll(&mut self) -> bool {
+        let Worker { tailer, logs, parsers, agg, finished, errors, said, .. } = self;
+        let status = tailer.poll(&mut |chunk: Chunk<'_>| consume(chunk, logs, parsers, agg, finished, errors, said));
+        for w in self.tailer.take_warnings() {
+            eprintln!("querywatch agent: warning: {w}");
+        }
+        status.more
+    }
+
+    fn cut(&mut self) -> Cut {
+        let mut stats = std::mem::take(&mut self.finished);
+        for fp in self.parsers.values_mut() {
+            stats.merge(&delta(fp.parser.stats(), &fp.reported));
+            fp.reported = fp.parser.stats().clone();
+        }
+        let agg = std::mem::replace(&mut self.agg, Aggregator::new(self.agg_cfg.clone()));
+        let obs = agg.finish(&stats);
+        // No poll between finishing and this: the watermark covers exactly
+        // the bytes whose entries are in `obs`.
+        Cut { obs, watermark: self.tailer.watermark() }
+    }
+}
+
+/// The tailer's consumer: parses a chunk with its file's parser (created on
+/// the file's first complete line, with the format and prefix from the
+/// configuration or detected from those bytes).
+fn consume(
+    chunk: Chunk<'_>,
+    logs: &LogsConfig,
+    parsers: &mut HashMap<FileId, FileParser>,
+    agg: &mut Aggregator,
+    finished: &mut ParseStats,
+    errors: &mut u64,
+    said: &mut HashSet<String>,
+) -> usize {
+    let fp = match parsers.entry(chunk.file) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(v) => match new_parser(&chunk, logs, errors, said) {
+            Ok(parser) => v.insert(FileParser { parser, reported: ParseStats::default() }),
+            Err(consumed) => return consumed,
+        },
+    };
+    let consumed = fp.parser.parse(chunk.data, chunk.eof, &mut |e| agg.entry(&e));
+    if chunk.eof
+        && let Some(fp) = parsers.remove(&chunk.file)
+    {
+        let mut last = delta(fp.parser.stats(), &fp.reported);
+        last.files += 1;
+        finished.merge(&last);
+    }
+    consumed
+}
+
+/// A parser for a file's first chunk (format and prefix configured, or
+/// detected from those bytes); `Err(consumed)` when there is none yet.
+fn new_parser(
+    chunk: &Chunk<'_>,
+    logs: &LogsConfig,
+    errors: &mut u64,
+    said: &mut HashSet<String>,
+) -> Result<Parser, usize> {
+    // Detection needs a complete line; the tailer keeps what we leave.
+    if !chunk.eof && memchr::memchr(b'\n', chunk.data).is_none() {
+        return Err(0);
+    }
+    if chunk.data.is_empty() {
+        return Err(0);
+    }
+    let name = chunk.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let head = &chunk.data[..chunk.data.len().min(64 << 10)];
+    let format = logs.format.unwrap_or_else(|| logparse::detect_format(&name, head));
+    let prefix = match (&logs.prefix, format) {
+        (Some(p), _) => Some(p.clone()),
+        (None, LogFormat::Stderr) => {
+            let detected = logparse::detect_prefix(head);
+            let key = format!("prefix {}", chunk.path.display());
+            match &detected {
+                None if said.insert(key.clone()) => eprintln!(
+                    "querywatch agent: warning: {}: log_line_prefix not recognized; set [logs] prefix \
+                     (SHOW log_line_prefix)",
+                    chunk.path.display()
+                ),
+                Some(p) if p.is_heuristic() && said.insert(key) => eprintln!(
+                    "querywatch agent: note: {}: log_line_prefix not recognized; reading it without user and \
+                     database names. Set [logs] prefix (SHOW log_line_prefix) for those",
+                    chunk.path.display()
+                ),
+                _ => {}
+            }
+            detected
+        }
+        _ => None,
+    };
+    match Parser::new(format, prefix, logs.max_entry_bytes) {
+        Ok(parser) => Ok(parser),
+        Err(e) => {
+            // Only a built-in fallback prefix could fail here (a
+            // configured one was validated): skip the file, counted.
+            *errors += 1;
+            if said.insert(format!("parser {}", chunk.path.display())) {
+                eprintln!("querywatch agent: error: {}: {e}: file skipped", chunk.path.display());
+            }
+            Err(chunk.data.len())
+        }
+    }
+}
+
+/// `now - before`, field by field (parser counters only grow).
+fn delta(now: &ParseStats, before: &ParseStats) -> ParseStats {
+    ParseStats {
+        files: now.files.saturating_sub(before.files),
+        bytes: now.bytes.saturating_sub(before.bytes),
+        lines: now.lines.saturating_sub(before.lines),
+        entries: now.entries.saturating_sub(before.entries),
+        unparsed: now.unparsed.saturating_sub(before.unparsed),
+        truncated: now.truncated.saturating_sub(before.truncated),
+        invalid_utf8: now.invalid_utf8.saturating_sub(before.invalid_utf8),
+        unattributed_durations: now.unattributed_durations.saturating_sub(before.unattributed_durations),
+        unreadable_files: now.unreadable_files.saturating_sub(before.unreadable_files),
+    }
+}

@@ -1,0 +1,426 @@
+//! The live agent end to end: a real PostgreSQL logging every statement
+//! (csvlog), `querywatch agent` following its log directory and exporting
+//! OTLP/gRPC to a receiver in this test. What arrives, decoded with the
+//! wire crate's decoder and merged, must agree with pg_stat_statements
+//! statement by statement (the comparison `analyze_pg` uses), carry no
+//! literal of the workload, and the agent must stop cleanly on SIGTERM
+//! with a checkpoint written.
+
+// A test: a failed unwrap is a failed test, with the error.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use prost::Message;
+use querywatch_wire::Observations;
+use tonic::codec::CompressionEncoding;
+
+use crate::support::report::{Input, Key, QueryRow, Report};
+use crate::support::workload::{assert_full_run_agrees, pgss_dump_sql};
+use crate::support::{ClusterOptions, PgCluster, skip_pg, workload_dir};
+
+/// Every request as it arrived, re-encoded (gzip is transport only, so
+/// these are the bytes of the messages the agent sent).
+#[derive(Default)]
+struct Seen {
+    metrics: Mutex<Vec<Vec<u8>>>,
+    logs: Mutex<Vec<Vec<u8>>>,
+}
+
+#[derive(Clone)]
+struct Sink(Arc<Seen>);
+
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.metrics.lock().unwrap().push(request.into_inner().encode_to_vec());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.0.logs.lock().unwrap().push(request.into_inner().encode_to_vec());
+        Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: None }))
+    }
+}
+
+/// An OTLP/gRPC receiver on 127.0.0.1:0, on a runtime of its own; stops
+/// when dropped.
+struct Receiver {
+    _rt: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    seen: Arc<Seen>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let sink = Sink(seen.clone());
+        let metrics = MetricsServiceServer::new(sink.clone()).accept_compressed(CompressionEncoding::Gzip);
+        let logs = LogsServiceServer::new(sink).accept_compressed(CompressionEncoding::Gzip);
+        rt.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(metrics)
+                .add_service(logs)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .unwrap();
+        });
+        Receiver { _rt: rt, addr, seen }
+    }
+
+    /// Everything received so far, decoded and merged.
+    fn observations(&self) -> Observations {
+        let mut all = Observations::default();
+        for bytes in self.seen.metrics.lock().unwrap().iter() {
+            let req = ExportMetricsServiceRequest::decode(&bytes[..]).unwrap();
+            let decoded = querywatch_wire::otlp::decode_metrics(&req).unwrap();
+            for (resource, obs) in decoded.batches {
+                assert_eq!(resource.node, "live-1", "resource of a batch");
+                all.merge(obs);
+            }
+        }
+        all
+    }
+
+    fn all_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in self.seen.metrics.lock().unwrap().iter().chain(self.seen.logs.lock().unwrap().iter()) {
+            out.extend_from_slice(b);
+        }
+        out
+    }
+}
+
+/// The merged observations as the report rows `support::compare` reads,
+/// grouped by (fingerprint, database, user) as the collector groups them.
+fn report_of(obs: &Observations) -> Report {
+    let mut rows: BTreeMap<Key, QueryRow> = BTreeMap::new();
+    for (key, s) in &obs.statements {
+        let fp = querywatch_collector::fingerprint::fingerprint(&key.text).to_string();
+        let k = Key { fingerprint: fp.clone(), database: key.database.clone(), user: key.user.clone() };
+        let row = rows.entry(k).or_insert_with(|| QueryRow {
+            fingerprint: fp,
+            query: key.text.clone(),
+            database: Some(key.database.clone()),
+            user: Some(key.user.clone()),
+            calls: 0,
+            total_ms: 0.0,
+            mean_ms: None,
+            min_ms: None,
+            max_ms: None,
+            p50_ms: None,
+            p95_ms: None,
+            p99_ms: None,
+            errors: serde_json::json!({}),
+        });
+        row.calls += s.calls;
+        row.total_ms += s.total.as_secs_f64() * 1e3;
+        let errors = row.errors.as_object_mut().unwrap();
+        for (state, e) in &s.errors {
+            let n = errors.get(state).and_then(serde_json::Value::as_u64).unwrap_or(0) + e.count;
+            errors.insert(state.clone(), n.into());
+        }
+    }
+    Report {
+        queries: rows.into_values().collect(),
+        findings: Vec::new(),
+        input: Input {
+            files: obs.input.files,
+            bytes: obs.input.bytes,
+            lines: obs.input.lines,
+            entries: obs.input.entries,
+            unparsed: obs.input.unparsed,
+        },
+    }
+}
+
+/// The string literals of the workload's SQL files: those of at least 5
+/// characters that do not also occur outside quotes (a literal `'note '`
+/// next to a column `note` cannot be told apart in the bytes).
+fn workload_literals() -> Vec<String> {
+    let (mut literals, mut unquoted) = (Vec::new(), String::new());
+    for entry in fs::read_dir(workload_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "sql") || path.ends_with("pgss-dump.sql") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        let code: String = text.lines().map(|l| l.split("--").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+        let mut rest = &code[..];
+        while let Some(start) = rest.find('\'') {
+            unquoted.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            let Some(end) = after.find('\'') else { break };
+            let lit = &after[..end];
+            if lit.chars().count() >= 5 {
+                literals.push(lit.to_owned());
+            }
+            rest = &after[end + 1..];
+        }
+        unquoted.push_str(rest);
+    }
+    literals.retain(|l| !unquoted.contains(l.trim()));
+    literals.sort();
+    literals.dedup();
+    literals
+}
+
+fn start_agent(config: &Path, stderr: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_querywatch"))
+        .args(["agent", "--config"])
+        .arg(config)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+        .env_remove("QUERYWATCH_DSN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(stderr).unwrap())
+        .spawn()
+        .expect("starting querywatch agent")
+}
+
+/// Waits for `child` until `deadline`; kills it (and fails) past it.
+fn wait_exit(child: &mut Child, within: Duration, what: &str, stderr: &Path) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: the agent did not exit within {within:?}; stderr:\n{}", read(stderr));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Writes the agent's config for `cluster` and `receiver` into `dir`;
+/// returns (config path, state dir).
+fn write_config(dir: &Path, cluster: &PgCluster, receiver: &Receiver) -> (PathBuf, PathBuf) {
+    let state_dir = dir.join("state");
+    let config = dir.join("agent.toml");
+    // One format of the three the workload writes, or every statement
+    // would be counted three times.
+    fs::write(
+        &config,
+        format!(
+            "node = \"live-1\"\ncluster = \"it\"\ninterval = \"1s\"\nstate_dir = {state:?}\n\
+             [logs]\ndirectory = {dir:?}\npattern = \"postgresql.csv\"\nstart_at = \"beginning\"\n\
+             [export]\nendpoint = \"http://{addr}\"\n",
+            state = state_dir.display().to_string(),
+            dir = cluster.log_dir().display().to_string(),
+            addr = receiver.addr,
+        ),
+    )
+    .unwrap();
+    (config, state_dir)
+}
+
+/// Waits until the receiver has seen the pg_stat_statements dump, the
+/// workload's last statement: once the agent has exported it, it has
+/// exported everything before it (one file, read in order).
+fn wait_for_dump(receiver: &Receiver, agent: &mut Child, stderr: &Path) -> Observations {
+    let dump_fp = crate::support::pgss::fingerprint_of(&pgss_dump_sql());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let obs = receiver.observations();
+        let seen = obs.statements.iter().any(|(k, s)| {
+            s.calls > 0 && querywatch_collector::fingerprint::fingerprint(&k.text).to_string() == dump_fp
+        });
+        if seen {
+            return obs;
+        }
+        assert!(agent.try_wait().unwrap().is_none(), "the agent exited early; stderr:\n{}", read(stderr));
+        assert!(
+            Instant::now() < deadline,
+            "the receiver did not see the workload's last statement within 60s ({} statements seen); agent \
+             stderr:\n{}",
+            obs.statements.len(),
+            read(stderr)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Dumps pg_stat_statements after checking nothing was evicted.
+fn pgss_dump(cluster: &PgCluster) -> String {
+    let dealloc = cluster.psql("SELECT dealloc FROM pg_stat_statements_info");
+    assert_eq!(dealloc.trim(), "0", "pg_stat_statements evicted entries");
+    cluster.psql_in("postgres", "postgres", &["-f", &workload_dir().join("pgss-dump.sql").to_string_lossy()])
+}
+
+#[test]
+fn agent_survives_sigkill_without_loss_or_duplicates() {
+    if skip_pg("agent_survives_sigkill_without_loss_or_duplicates") {
+        return;
+    }
+    let cluster = PgCluster::start(&ClusterOptions::workload());
+    let receiver = Receiver::start();
+    let work = tempfile::tempdir().unwrap();
+    let (config, state_dir) = write_config(work.path(), &cluster, &receiver);
+    let stderr1 = work.path().join("agent-1.stderr");
+    let stderr2 = work.path().join("agent-2.stderr");
+    let mut agent = start_agent(&config, &stderr1);
+
+    let killed_at_calls = thread::scope(|s| {
+        let workload = s.spawn(|| cluster.run_workload("full", Duration::from_secs(300)));
+        // Kill as soon as some data has been acknowledged: mid-file, with
+        // the rest of the workload still being written.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let calls = loop {
+            let calls: u64 = receiver.observations().statements.values().map(|s| s.calls).sum();
+            if calls > 0 {
+                break calls;
+            }
+            assert!(Instant::now() < deadline, "nothing exported within 60s; stderr:\n{}", read(&stderr1));
+            thread::sleep(Duration::from_millis(20));
+        };
+        // Delivery is at least once: a batch the collector acknowledged is
+        // checkpointed a few milliseconds later, and a kill in between sends
+        // it again on restart (the collector will have to deduplicate).
+        // Kill right after a checkpoint was written instead: the next
+        // acknowledgement is an interval away, so what is lost is data read
+        // but not yet acknowledged, which must be read again, once.
+        let checkpoint = state_dir.join("tail-checkpoint.json");
+        let before = fs::read(&checkpoint).unwrap_or_default();
+        loop {
+            if fs::read(&checkpoint).is_ok_and(|now| now != before) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no checkpoint written after an ack; stderr:\n{}", read(&stderr1));
+            thread::sleep(Duration::from_millis(5));
+        }
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+        // Let the server write more while no agent runs.
+        thread::sleep(Duration::from_millis(500));
+        agent = start_agent(&config, &stderr2);
+        workload.join().unwrap();
+        calls
+    });
+    let dump = pgss_dump(&cluster);
+    let obs = wait_for_dump(&receiver, &mut agent, &stderr2);
+    let total: u64 = obs.statements.values().map(|s| s.calls).sum();
+    eprintln!("SIGKILL after {killed_at_calls} of {total} calls had been exported");
+    let report = report_of(&obs);
+    assert_full_run_agrees(
+        &report,
+        &dump,
+        &format!(
+            "agent killed with SIGKILL after {killed_at_calls} calls were exported, then restarted (first run's \
+             stderr:\n{}\nsecond run's:\n{})",
+            read(&stderr1),
+            read(&stderr2)
+        ),
+    );
+    let status = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill -TERM failed");
+    let status = wait_exit(&mut agent, Duration::from_secs(20), "SIGTERM", &stderr2);
+    assert!(status.success(), "the restarted agent exited with {status}; stderr:\n{}", read(&stderr2));
+}
+
+#[test]
+fn agent_exports_what_pg_stat_statements_counts() {
+    if skip_pg("agent_exports_what_pg_stat_statements_counts") {
+        return;
+    }
+    let cluster = PgCluster::start(&ClusterOptions::workload());
+    let receiver = Receiver::start();
+    let work = tempfile::tempdir().unwrap();
+    let (config, state_dir) = write_config(work.path(), &cluster, &receiver);
+    let stderr = work.path().join("agent.stderr");
+    let mut agent = start_agent(&config, &stderr);
+
+    cluster.run_workload("full", Duration::from_secs(300));
+    let dump = pgss_dump(&cluster);
+    let obs = wait_for_dump(&receiver, &mut agent, &stderr);
+    let csv = cluster.log_dir().join("postgresql.csv");
+    let size_when_seen = fs::metadata(&csv).unwrap().len();
+
+    let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("agent_live");
+    fs::create_dir_all(&keep).unwrap();
+    fs::write(keep.join("pg_stat_statements.csv"), &dump).unwrap();
+    let _ = fs::copy(cluster.log_dir().join("postgresql.csv"), keep.join("postgresql.csv"));
+    let report = report_of(&obs);
+    assert_full_run_agrees(&report, &dump, &format!("live agent (logs kept in {})", keep.display()));
+
+    // The privacy line: no literal of the workload in anything sent.
+    let bytes = receiver.all_bytes();
+    let literals = workload_literals();
+    assert!(literals.len() >= 10, "too few workload literals found to mean anything: {literals:?}");
+    let leaked: Vec<&String> = literals.iter().filter(|l| memmem(&bytes, l.as_bytes())).collect();
+    assert!(leaked.is_empty(), "workload literals in the OTLP bytes: {leaked:?}");
+
+    // SIGTERM: a clean stop, exit 0, and a checkpoint of what was acknowledged.
+    let status = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill -TERM failed");
+    let status = wait_exit(&mut agent, Duration::from_secs(20), "SIGTERM", &stderr);
+    let err = read(&stderr);
+    assert!(status.success(), "the agent exited with {status} after SIGTERM; stderr:\n{err}");
+    assert!(err.contains("log source: on"), "sources not described at start:\n{err}");
+    let checkpoint = fs::read_to_string(state_dir.join("tail-checkpoint.json"))
+        .unwrap_or_else(|e| panic!("no checkpoint after SIGTERM ({e}); stderr:\n{err}"));
+    let checkpoint: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
+    let csv_size = fs::metadata(&csv).unwrap().len();
+    let offset = checkpoint["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str().is_some_and(|p| p.ends_with("postgresql.csv")))
+        .and_then(|f| f["offset"].as_u64())
+        .unwrap_or_else(|| panic!("postgresql.csv not in the checkpoint: {checkpoint}"));
+    // The last interval is cut, sent and acknowledged at shutdown, so the
+    // checkpoint covers everything read but the entry still open: in a file
+    // that is still being written, the parser cannot know that its last
+    // entry is complete, so it stays for the next start.
+    let bytes = fs::read(&csv).unwrap();
+    let offset = usize::try_from(offset).unwrap();
+    assert!(offset <= bytes.len(), "checkpoint offset {offset} past the end of the file ({})", bytes.len());
+    let left = &bytes[offset..];
+    // csvlog entries start with the log time: `2026-` (the file's first 5 bytes).
+    let record_start: Vec<u8> = [b"\n".as_slice(), &bytes[..5]].concat();
+    let entries_left = usize::from(!left.is_empty()) + left.windows(6).filter(|w| *w == record_start).count();
+    assert!(
+        left.is_empty() || (left.starts_with(&bytes[..5]) && entries_left <= 1),
+        "checkpoint offset {offset}: {entries_left} entries ({} bytes) of the file not covered ({size_when_seen} \
+         bytes when the dump arrived, {csv_size} now); stderr:\n{err}",
+        left.len()
+    );
+    eprintln!("agent stderr:\n{err}");
+}
+
+fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
