@@ -100,6 +100,8 @@ pub struct Aggregator {
     /// A waiting pid's lock group, so its `acquired` report lands in it too.
     waiting: FxHashMap<u32, LockKey>,
     obs: Observations,
+    /// The sessionizer's unattributed count already handed out by `cut`.
+    reported_unattributed: u64,
     mask_buf: String,
     plan_buf: String,
 }
@@ -116,6 +118,7 @@ impl Aggregator {
             stats: FxHashMap::default(),
             waiting: FxHashMap::default(),
             obs: Observations::default(),
+            reported_unattributed: 0,
             mask_buf: String::new(),
             plan_buf: String::new(),
         }
@@ -300,6 +303,18 @@ impl Aggregator {
 
     /// Everything aggregated so far, with the parser's counters.
     pub fn finish(mut self, parse: &ParseStats) -> Observations {
+        self.cut(parse)
+    }
+
+    /// Everything aggregated since the last cut (the live agent's interval),
+    /// with the parsers' counters of that interval. The aggregator stays
+    /// ready for the next interval and keeps its session state, so lines
+    /// that pair across the boundary (parse/bind and their execute, a
+    /// `log_statement` line and its `duration`) still pair; the masking cache
+    /// stays warm. The shape and name tables are per interval in effect:
+    /// they are emptied here when past half their cap, so a long run with
+    /// ever new statements does not end up folding everything into `<other>`.
+    pub fn cut(&mut self, parse: &ParseStats) -> Observations {
         let mut obs = std::mem::take(&mut self.obs);
         for ((shape, db, user), stats) in self.stats.drain() {
             let key = StatementKey {
@@ -310,7 +325,17 @@ impl Aggregator {
             obs.statements.insert(key, stats);
         }
         obs.input.merge(parse);
-        obs.input.unattributed_durations += self.sessionizer.stats().unattributed_durations;
+        let unattributed = self.sessionizer.stats().unattributed_durations;
+        obs.input.unattributed_durations += unattributed - self.reported_unattributed;
+        self.reported_unattributed = unattributed;
+        if self.shapes.list.len() > self.cfg.max_shapes / 2 {
+            self.shapes = Interner::default();
+            self.raw.clear();
+            self.overflow_shape = None;
+        }
+        if self.names.list.len() > self.cfg.max_shapes / 2 {
+            self.names = Interner::with_empty();
+        }
         obs
     }
 }
@@ -452,6 +477,33 @@ mod tests {
         let calls: u64 = obs.statements.values().map(|s| s.calls).sum();
         assert_eq!(calls, 3000, "nothing lost: overflow rows count their calls");
         assert_eq!(obs.overflow_calls, 3000 - 5);
+    }
+
+    #[test]
+    fn cut_keeps_sessions_across_intervals() {
+        use crate::logparse::Severity;
+        let entry = |msg: &'static str| LogEntry {
+            pid: Some(1),
+            severity: Some(Severity::Log),
+            user: Some("u".into()),
+            database: Some("db".into()),
+            message: msg.into(),
+            ..LogEntry::default()
+        };
+        let mut agg = Aggregator::new(AggregatorConfig::default());
+        agg.entry(&entry("duration: 4.000 ms  parse <unnamed>: SELECT $1"));
+        agg.entry(&entry("duration: 1.000 ms  bind <unnamed>: SELECT $1"));
+        let first = agg.cut(&ParseStats { entries: 2, ..ParseStats::default() });
+        assert!(first.statements.is_empty());
+        assert_eq!(first.input.entries, 2);
+        agg.entry(&entry("duration: 0.500 ms  execute <unnamed>: SELECT $1"));
+        agg.entry(&entry("duration: 9.000 ms"));
+        let second = agg.cut(&ParseStats { entries: 2, ..ParseStats::default() });
+        let s = second.statements.values().next().unwrap();
+        assert_eq!((s.calls, s.total), (1, std::time::Duration::from_micros(5500)));
+        assert_eq!(second.input.entries, 2);
+        assert_eq!(second.input.unattributed_durations, 1, "the bare duration, counted once");
+        assert_eq!(agg.cut(&ParseStats::default()).input.unattributed_durations, 0);
     }
 
     #[test]

@@ -28,13 +28,11 @@
 //!   exist yet. A configured `[database]` source is reported as ignored.
 //! - The agent's own health (tail and export counters) is not exported yet;
 //!   it is printed at exit.
-//! - A new [`Aggregator`] per interval: lines that pair across an interval
-//!   boundary (`log_statement` + `log_duration` without
-//!   `log_min_duration_statement`), and extended-protocol `parse`/`bind`
-//!   durations waiting for their `execute`, lose their pairing there (the
-//!   call is still counted; the parse/bind time is not), and the masking
-//!   cache starts cold each interval. Keeping the sessions needs an
-//!   `Aggregator` method that finishes an interval without consuming it.
+//! - One [`Aggregator`] for the whole run, cut every interval
+//!   ([`Aggregator::cut`]): lines that pair across an interval boundary
+//!   (extended-protocol `parse`/`bind` and their `execute`, `log_statement`
+//!   and its `log_duration`) keep their pairing, and the masking cache stays
+//!   warm. A restart still loses the pairing of lines cut by it.
 
 use crate::aggregate::{Aggregator, AggregatorConfig};
 use crate::config::{Config, LogsConfig};
@@ -357,7 +355,6 @@ struct Worker {
     tailer: Tailer,
     logs: LogsConfig,
     parsers: HashMap<FileId, FileParser>,
-    agg_cfg: AggregatorConfig,
     agg: Aggregator,
     /// Parser counters of generations finished during this interval.
     finished: ParseStats,
@@ -371,8 +368,7 @@ impl Worker {
             tailer,
             logs,
             parsers: HashMap::new(),
-            agg: Aggregator::new(agg_cfg.clone()),
-            agg_cfg,
+            agg: Aggregator::new(agg_cfg),
             finished: ParseStats::default(),
             errors: 0,
             said: HashSet::new(),
@@ -433,8 +429,7 @@ impl Worker {
             stats.merge(&delta(fp.parser.stats(), &fp.reported));
             fp.reported = fp.parser.stats().clone();
         }
-        let agg = std::mem::replace(&mut self.agg, Aggregator::new(self.agg_cfg.clone()));
-        let obs = agg.finish(&stats);
+        let obs = self.agg.cut(&stats);
         // No poll between finishing and this: the watermark covers exactly
         // the bytes whose entries are in `obs`.
         Cut { obs, watermark: self.tailer.watermark() }
