@@ -6,6 +6,7 @@
 
 mod agent;
 mod analyze;
+mod check;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Run the sidecar agent: follow this node's PostgreSQL logs and export OTLP to the collector.
     Agent(agent::AgentArgs),
+    /// Check this node's PostgreSQL settings, privileges, logs and collector for the agent; print the fixes.
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Analyze(args) => analyze::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Check(args) => check::run(args),
     };
     match result {
         Ok(code) => code,

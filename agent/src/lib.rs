@@ -8,6 +8,7 @@
 //! - [`plan`] — auto_explain plans: split and mask.
 //! - [`aggregate`] — events into [`querywatch_wire::Observations`], with caps.
 pub mod aggregate;
+pub mod check;
 pub mod config;
 pub mod events;
 pub mod export;

@@ -7,6 +7,7 @@
 
 mod agent_live;
 mod analyze_pg;
+mod check;
 mod formats;
 mod stats_poll;
 mod support;
