@@ -10,10 +10,10 @@ use querywatch_agent::run::{RunOptions, run_blocking};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Flags of `querywatch agent`. Every option of the file is documented in
-/// `deploy/agent.toml`; the flags below override it.
+/// The flags that locate and override the agent's configuration, shared by
+/// `querywatch agent` and `querywatch check` so both read the same setup.
 #[derive(Args, Debug)]
-pub struct AgentArgs {
+pub struct ConfigArgs {
     /// The agent's TOML configuration file (see deploy/agent.toml for every option).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
@@ -29,6 +29,32 @@ pub struct AgentArgs {
     /// Where the agent keeps its checkpoint and spool (beats `state_dir`; default /var/lib/querywatch).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// Reads the file and applies the precedence (defaults < file <
+    /// environment < flags); `dsn` is the one flag only `check` has.
+    pub fn resolve(self, dsn: Option<String>) -> anyhow::Result<Config> {
+        let raw = read_file(&self.config)?;
+        let overrides = Overrides {
+            endpoint: self.endpoint,
+            node: self.node,
+            log_directory: self.log_directory,
+            state_dir: self.state_dir,
+            dsn,
+            ..Overrides::default()
+        };
+        Config::resolve(raw, &Env::from_process(), &overrides)
+            .with_context(|| format!("configuration {}", self.config.display()))
+    }
+}
+
+/// Flags of `querywatch agent`. Every option of the file is documented in
+/// `deploy/agent.toml`; the flags below override it.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Read what the logs hold now, export it as one batch, flush, checkpoint and exit (the last
     /// entry of a file still being written waits for the next run: it may not be complete).
     #[arg(long)]
@@ -36,16 +62,7 @@ pub struct AgentArgs {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let raw = read_file(&args.config)?;
-    let overrides = Overrides {
-        endpoint: args.endpoint,
-        node: args.node,
-        log_directory: args.log_directory,
-        state_dir: args.state_dir,
-        ..Overrides::default()
-    };
-    let config = Config::resolve(raw, &Env::from_process(), &overrides)
-        .with_context(|| format!("configuration {}", args.config.display()))?;
+    let config = args.config.resolve(None)?;
     // Runtime errors were counted and said at exit; they never make the agent fail.
     run_blocking(config, RunOptions { once: args.once, ..RunOptions::default() })?;
     Ok(ExitCode::SUCCESS)
