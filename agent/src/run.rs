@@ -1,6 +1,7 @@
-//! The live agent's loop for the log source: tail → parse → aggregate per
-//! interval → OTLP → exporter, and the log checkpoint moved only by the
-//! exporter's receipts (DESIGN.md, "Failure behaviour").
+//! The live agent's loop: the log source (tail → parse → aggregate per
+//! interval) and the statistics source (the [`Poller`]'s deltas, added to
+//! the same interval) → OTLP → exporter, and the log checkpoint moved only
+//! by the exporter's receipts (DESIGN.md, "Failure behaviour").
 //!
 //! Two halves:
 //! - a blocking worker ([`tokio::task::spawn_blocking`]) owns the
@@ -14,6 +15,15 @@
 //!   [`ResourceInfo`], submits it, turns receipts into commits, and on
 //!   SIGTERM/SIGINT cuts the last interval, flushes the exporter, commits
 //!   what it settled and stops the worker, within [`RunOptions::grace`].
+//! - with `[database]`, the [`Poller`] runs as a task of its own and sends
+//!   its [`StatsMessage`]s on a bounded channel; the async side adds each to
+//!   the current interval ([`Observations::db`]). Statistics have no
+//!   checkpoint: the server's counters are the state, and the poller's
+//!   deltas never go negative across resets and restarts. At shutdown the
+//!   poller is stopped first and what it still sends joins the last batch.
+//!
+//! Either source may be configured alone; without `[logs]` there is no
+//! worker and batches carry no watermark.
 //!
 //! Runtime problems are counted and said once on stderr; only a bad
 //! configuration (the tailer's or exporter's) makes [`run`] fail.
@@ -24,8 +34,8 @@
 //! that window sends that batch again.
 //!
 //! Shortcuts taken on purpose:
-//! - The statistics poller is not wired in: its OTLP mapping does not
-//!   exist yet. A configured `[database]` source is reported as ignored.
+//! - The statistics source does not run in `--once` mode: its first poll
+//!   is a baseline, so one pass has no deltas to send.
 //! - The agent's own health (tail and export counters) is not exported yet;
 //!   it is printed at exit.
 //! - One [`Aggregator`] for the whole run, cut every interval
@@ -35,21 +45,27 @@
 //!   warm. A restart still loses the pairing of lines cut by it.
 
 use crate::aggregate::{Aggregator, AggregatorConfig};
-use crate::config::{Config, LogsConfig};
+use crate::config::{Config, DatabaseConfig, LogsConfig};
 use crate::export::{Batch, ExportCounters, ExportError, Exporter, Options, Outcome, Receipt};
 use crate::logparse::{self, LogFormat, ParseStats, Parser};
+use crate::stats::{Poller, PollerConfig, StatsError, StatsMessage};
 use crate::tail::{Chunk, FileId, Source, StartAt, TailConfig, TailError, TailStats, Tailer, Watermark};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use querywatch_wire::Observations;
 use querywatch_wire::otlp::{ResourceInfo, encode_logs, encode_metrics};
+use querywatch_wire::{DbStats, Observations};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// How often the tailer looks for new bytes when there is no backlog.
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// Bound of the poller → loop channel. The loop drains it at once; a full
+/// channel makes the poller merge delta batches into the next interval
+/// (nothing lost) and drop activity aggregates (counted).
+const STATS_QUEUE: usize = 64;
 
 /// How [`run`] behaves beyond the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -88,11 +104,10 @@ pub struct RunSummary {
 /// What stops the agent from starting: configuration only.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error(
-        "no log source configured: this agent build exports the log source only (the statistics \
-         poller's export is not wired in yet); set [logs] directory or files"
-    )]
-    NoLogSource,
+    #[error("no source configured: set [logs] directory or files, or [database] dsn (or both)")]
+    NoSource,
+    #[error("database source: {0}")]
+    Database(#[from] StatsError),
     #[error("log source: {0}")]
     Tail(#[from] TailError),
     #[error("export: {0}")]
@@ -147,33 +162,66 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
     for line in cfg.describe_sources() {
         eprintln!("querywatch agent: {line}");
     }
-    let logs = cfg.logs.clone().ok_or(RunError::NoLogSource)?;
-    if cfg.database.is_some() {
-        eprintln!(
-            "querywatch agent: note: the database source is configured but not exported yet by this build; \
-             only the log source runs"
-        );
+    if cfg.logs.is_none() && cfg.database.is_none() {
+        return Err(RunError::NoSource);
     }
-    let tailer = Tailer::new(tail_config(&logs, &cfg))?;
-    eprintln!("querywatch agent: checkpoint {}", tailer.checkpoint_path().display());
+    let database = match &cfg.database {
+        Some(_) if opts.once => {
+            eprintln!(
+                "querywatch agent: note: --once: the database source does not run (its first poll is only a \
+                 baseline)"
+            );
+            None
+        }
+        Some(db) => Some(Poller::new(poller_config(db))?),
+        None => None,
+    };
+    let tailer = match &cfg.logs {
+        Some(logs) => {
+            let tailer = Tailer::new(tail_config(logs, &cfg))?;
+            eprintln!("querywatch agent: checkpoint {}", tailer.checkpoint_path().display());
+            Some((tailer, logs.clone()))
+        }
+        None => None,
+    };
     let (exporter, mut receipts) =
-        Exporter::new(&cfg.export, &cfg.state_dir, Options::default())?.spawn::<Watermark>(4);
+        Exporter::new(&cfg.export, &cfg.state_dir, Options::default())?.spawn::<Option<Watermark>>(4);
     // Signal handlers before any work, so an early SIGTERM is a clean stop.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| RunError::Setup { what: "the SIGTERM handler", source })?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|source| RunError::Setup { what: "the SIGINT handler", source })?;
 
-    let agg_cfg =
-        AggregatorConfig { max_shapes: logs.max_shapes, max_text: logs.max_entry_bytes, ..AggregatorConfig::default() };
-    let (cmd_tx, cmd_rx) = std_mpsc::channel();
-    let worker = Worker::new(tailer, logs, agg_cfg);
-    let worker = tokio::task::spawn_blocking(move || worker.run(cmd_rx));
+    let (cmd, worker) = match tailer {
+        Some((tailer, logs)) => {
+            let agg_cfg = AggregatorConfig {
+                max_shapes: logs.max_shapes,
+                max_text: logs.max_entry_bytes,
+                ..AggregatorConfig::default()
+            };
+            let (cmd_tx, cmd_rx) = std_mpsc::channel();
+            let worker = Worker::new(tailer, logs, agg_cfg);
+            (Some(cmd_tx), Some(tokio::task::spawn_blocking(move || worker.run(cmd_rx))))
+        }
+        None => (None, None),
+    };
+    let (mut stats_rx, poller) = match database {
+        Some(poller) => {
+            let (tx, rx) = mpsc::channel(STATS_QUEUE);
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(poller.run(tx, async move {
+                let _ = stopped.await;
+            }));
+            (Some(rx), Some((stop, task)))
+        }
+        None => (None, None),
+    };
 
     let mut lp = Loop {
-        cmd: cmd_tx,
+        cmd,
         resource: resource_info(&cfg),
         last_cut: now_ns(),
+        db: DbStats::default(),
         summary: RunSummary::default(),
         said: HashSet::new(),
     };
@@ -196,6 +244,13 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
                     }
                 }
                 Some(r) = receipts.recv() => lp.settle(r),
+                m = recv_stats(&mut stats_rx) => match m {
+                    Some(m) => m.add_to(&mut lp.db),
+                    None => {
+                        stats_rx = None;
+                        lp.error("poller", "the statistics poller has stopped".into());
+                    }
+                },
                 _ = sigterm.recv() => { eprintln!("querywatch agent: SIGTERM: stopping"); break; }
                 _ = sigint.recv() => { eprintln!("querywatch agent: SIGINT: stopping"); break; }
             }
@@ -205,6 +260,16 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
     // The last interval (in `once` mode the only one), flush, commit, stop.
     let mode = if opts.once { CutMode::Drain } else { CutMode::PollFirst };
     let finish = async {
+        // The poller first: what it still sends joins the last batch.
+        if let Some((stop, task)) = poller {
+            let _ = stop.send(());
+            if task.await.is_err() {
+                lp.error("poller", "the statistics poller failed".into());
+            }
+            while let Some(m) = stats_rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                m.add_to(&mut lp.db);
+            }
+        }
         if let Some(batch) = lp.cut(mode).await
             && exporter.submit(batch).await.is_err()
         {
@@ -228,14 +293,16 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
         }
     }
     // Stop: the worker writes its last checkpoint (of what was committed).
-    let _ = lp.cmd.send(Cmd::Stop);
-    match tokio::time::timeout(Duration::from_secs(5), worker).await {
-        Ok(Ok(end)) => {
-            lp.summary.errors += end.errors;
-            lp.summary.tail = end.tail;
+    if let (Some(cmd), Some(worker)) = (&lp.cmd, worker) {
+        let _ = cmd.send(Cmd::Stop);
+        match tokio::time::timeout(Duration::from_secs(5), worker).await {
+            Ok(Ok(end)) => {
+                lp.summary.errors += end.errors;
+                lp.summary.tail = end.tail;
+            }
+            Ok(Err(e)) => lp.error("worker", format!("the log worker failed: {e}")),
+            Err(_) => lp.error("worker", "the log worker did not stop within 5s".into()),
         }
-        Ok(Err(e)) => lp.error("worker", format!("the log worker failed: {e}")),
-        Err(_) => lp.error("worker", "the log worker did not stop within 5s".into()),
     }
     let s = &lp.summary;
     eprintln!(
@@ -243,6 +310,21 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
         s.batches, s.receipts, s.errors, s.tail.bytes_read, s.tail.files_opened
     );
     Ok(lp.summary)
+}
+
+fn poller_config(db: &DatabaseConfig) -> PollerConfig {
+    let mut pc = PollerConfig::new(db.dsn.clone());
+    pc.statements_interval = db.statements_interval;
+    pc.activity_interval = db.activity_interval;
+    pc
+}
+
+/// The next poller message; never resolves without a poller.
+async fn recv_stats(rx: &mut Option<mpsc::Receiver<StatsMessage>>) -> Option<StatsMessage> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn tail_config(logs: &LogsConfig, cfg: &Config) -> TailConfig {
@@ -263,9 +345,12 @@ fn now_ns() -> u64 {
 
 /// The async side's state.
 struct Loop {
-    cmd: std_mpsc::Sender<Cmd>,
+    /// The log worker's commands; `None` without a log source.
+    cmd: Option<std_mpsc::Sender<Cmd>>,
     resource: ResourceInfo,
     last_cut: u64,
+    /// The statistics poller's deltas of the current interval.
+    db: DbStats,
     summary: RunSummary,
     /// Error kinds already said on stderr (each is counted always).
     said: HashSet<&'static str>,
@@ -279,17 +364,25 @@ impl Loop {
         }
     }
 
-    /// Cuts the interval in the worker and encodes it as a batch.
-    async fn cut(&mut self, mode: CutMode) -> Option<Batch<Watermark>> {
-        let (reply, rx) = oneshot::channel();
-        if self.cmd.send(Cmd::Cut { mode, reply }).is_err() {
-            self.error("worker", "the log worker has stopped".into());
-            return None;
-        }
-        let Ok(cut) = rx.await else {
-            self.error("worker", "the log worker has stopped".into());
-            return None;
+    /// Cuts the interval (in the worker, when there is a log source), adds
+    /// the statistics of the interval and encodes it as a batch.
+    async fn cut(&mut self, mode: CutMode) -> Option<Batch<Option<Watermark>>> {
+        let mut cut = match &self.cmd {
+            Some(cmd) => {
+                let (reply, rx) = oneshot::channel();
+                if cmd.send(Cmd::Cut { mode, reply }).is_err() {
+                    self.error("worker", "the log worker has stopped".into());
+                    return None;
+                }
+                let Ok(cut) = rx.await else {
+                    self.error("worker", "the log worker has stopped".into());
+                    return None;
+                };
+                Cut { obs: cut.obs, watermark: Some(cut.watermark) }
+            }
+            None => Cut { obs: Observations::default(), watermark: None },
         };
+        cut.obs.db = std::mem::take(&mut self.db);
         let end = now_ns().max(self.last_cut + 1);
         let interval = (self.last_cut, end);
         self.last_cut = end;
@@ -303,14 +396,16 @@ impl Loop {
 
     /// Every receipt settles its watermark (acked, spooled, or dropped and
     /// counted by the exporter), so each one is committed.
-    fn settle(&mut self, r: Receipt<Watermark>) {
+    fn settle(&mut self, r: Receipt<Option<Watermark>>) {
         self.summary.receipts += 1;
         // A rejected batch is committed too: the exporter counted and said
         // it, and sending the same data again would be refused again.
         if matches!(r.outcome, Outcome::Acked | Outcome::Spooled) {
             self.summary.delivered += 1;
         }
-        if self.cmd.send(Cmd::Commit(r.watermark)).is_err() {
+        if let (Some(cmd), Some(wm)) = (&self.cmd, r.watermark)
+            && cmd.send(Cmd::Commit(wm)).is_err()
+        {
             self.error("worker", "the log worker has stopped".into());
         }
     }
@@ -333,9 +428,9 @@ enum Cmd {
 }
 
 /// One interval's data and the watermark of exactly the bytes it holds.
-struct Cut {
+struct Cut<W = Watermark> {
     obs: Observations,
-    watermark: Watermark,
+    watermark: W,
 }
 
 /// What the worker reports when it stops.

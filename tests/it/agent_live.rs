@@ -424,3 +424,137 @@ fn agent_exports_what_pg_stat_statements_counts() {
 fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Both sources at once: the log and the statistics poller. After 37
+/// executions of one statement (after the poller's baseline), the decoded
+/// `querywatch.statement.calls` of that statement (`querywatch.source=statements`)
+/// is exactly 37, and stays so (no delta sent twice); the log source counts
+/// the same 37 calls; the table the statement scans shows its seq scans.
+#[test]
+fn agent_exports_statistics_deltas_with_the_log() {
+    if skip_pg("agent_exports_statistics_deltas_with_the_log") {
+        return;
+    }
+    const TEXT: &str = "SELECT count(*) FROM plain WHERE id = $1";
+    const RUNS: u32 = 37;
+    let cluster = PgCluster::start(&ClusterOptions::workload());
+    cluster.psql_in(
+        "postgres",
+        "postgres",
+        &[
+            "-c",
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+            "-c",
+            "CREATE ROLE querywatch LOGIN; GRANT pg_monitor TO querywatch",
+            "-c",
+            "CREATE ROLE app LOGIN",
+            "-c",
+            "CREATE TABLE plain (id int, v text); \
+             INSERT INTO plain SELECT g, 'v' || g FROM generate_series(1, 100) g; GRANT SELECT ON plain TO app",
+        ],
+    );
+    let receiver = Receiver::start();
+    let work = tempfile::tempdir().unwrap();
+    let state_dir = work.path().join("state");
+    let config = work.path().join("agent.toml");
+    fs::write(
+        &config,
+        format!(
+            "node = \"live-1\"\ncluster = \"it\"\ninterval = \"1s\"\nstate_dir = {state:?}\n\
+             [logs]\ndirectory = {dir:?}\npattern = \"postgresql.csv\"\nstart_at = \"beginning\"\n\
+             [database]\ndsn = \"host={host} port={port} user=querywatch dbname=postgres connect_timeout=5\"\n\
+             statements_interval = \"1s\"\nactivity_interval = \"200ms\"\n\
+             [export]\nendpoint = \"http://{addr}\"\n",
+            state = state_dir.display().to_string(),
+            dir = cluster.log_dir().display().to_string(),
+            host = cluster.host(),
+            port = cluster.port(),
+            addr = receiver.addr,
+        ),
+    )
+    .unwrap();
+    let stderr = work.path().join("agent.stderr");
+    let mut agent = start_agent(&config, &stderr);
+
+    // The poller's first poll is a baseline: wait until it has read
+    // pg_stat_statements twice (its own statements are in the view, marked
+    // and never reported), so the workload below is in a delta.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let polls = cluster.psql(
+            "SELECT coalesce(max(s.calls), 0) FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid \
+             WHERE r.rolname = 'querywatch' AND s.query LIKE '%querywatch%' AND s.query LIKE '%pg_stat_statements%'",
+        );
+        if polls.trim().parse::<u64>().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(agent.try_wait().unwrap().is_none(), "the agent exited early; stderr:\n{}", read(&stderr));
+        assert!(Instant::now() < deadline, "the poller did not poll within 60s; stderr:\n{}", read(&stderr));
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    let sql: Vec<String> = (1..=RUNS).map(|i| format!("SELECT count(*) FROM plain WHERE id = {i}")).collect();
+    let args: Vec<&str> = sql.iter().flat_map(|s| ["-c", s.as_str()]).collect();
+    cluster.psql_in("app", "postgres", &args);
+
+    let fp = querywatch_collector::fingerprint::fingerprint(TEXT).to_string();
+    // (statements-source calls, log-source calls, seq scans of public.plain)
+    let counts = |obs: &Observations| {
+        let pgss: u64 =
+            obs.db.statements.iter().filter(|(k, _)| k.user == "app" && k.text == TEXT).map(|(_, d)| d.calls).sum();
+        let log: u64 = obs
+            .statements
+            .iter()
+            .filter(|(k, _)| {
+                k.user == "app" && querywatch_collector::fingerprint::fingerprint(&k.text).to_string() == fp
+            })
+            .map(|(_, s)| s.calls)
+            .sum();
+        let scans: u64 = obs
+            .db
+            .tables
+            .iter()
+            .filter(|(k, _)| k.database == "postgres" && k.relation == "public.plain" && k.parent.is_empty())
+            .map(|(_, d)| d.seq_scan)
+            .sum();
+        (pgss, log, scans)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last;
+    loop {
+        last = counts(&receiver.observations());
+        if last.0 == u64::from(RUNS) && last.1 == u64::from(RUNS) && last.2 >= u64::from(RUNS) {
+            break;
+        }
+        assert!(last.0 <= u64::from(RUNS), "more calls than executions: {last:?}; stderr:\n{}", read(&stderr));
+        assert!(agent.try_wait().unwrap().is_none(), "the agent exited early; stderr:\n{}", read(&stderr));
+        assert!(
+            Instant::now() < deadline,
+            "within 60s the receiver saw (statements calls, log calls, seq scans) = {last:?}, want ({RUNS}, {RUNS}, \
+             >= {RUNS}); agent stderr:\n{}",
+            read(&stderr)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    // A few more polls and exports: nothing counted twice.
+    thread::sleep(Duration::from_millis(2500));
+    let again = counts(&receiver.observations());
+    assert_eq!((again.0, again.1), (u64::from(RUNS), u64::from(RUNS)), "counts changed after settling: {again:?}");
+    let obs = receiver.observations();
+    let (key, d) = obs.db.statements.iter().find(|(k, _)| k.user == "app" && k.text == TEXT).unwrap();
+    assert_eq!(key.database, "postgres");
+    assert!(key.toplevel && key.queryid != 0, "{key:?}");
+    assert_eq!(d.rows, u64::from(RUNS), "one row per count(*)");
+    assert!(!d.exec_time.is_zero(), "{d:?}");
+    // The poller's own statements are never reported.
+    assert!(obs.db.statements.keys().all(|k| !k.text.contains("querywatch")), "agent's own statements exported");
+
+    let status = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill -TERM failed");
+    let status = wait_exit(&mut agent, Duration::from_secs(20), "SIGTERM", &stderr);
+    let err = read(&stderr);
+    assert!(status.success(), "the agent exited with {status} after SIGTERM; stderr:\n{err}");
+    assert!(err.contains("log source: on") && err.contains("database source: on"), "sources:\n{err}");
+    assert!(!err.contains("not exported yet"), "database source reported as ignored:\n{err}");
+    assert!(state_dir.join("tail-checkpoint.json").exists(), "no checkpoint; stderr:\n{err}");
+}

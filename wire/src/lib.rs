@@ -9,14 +9,17 @@
 //! - [`histogram`] — the latency histogram (HDR, microseconds, < 1% relative error).
 //! - [`stats`] — per-statement statistics and the slowest sample.
 //! - [`observations`] — everything one agent saw in one interval (or one log file).
+//! - [`dbstats`] — the statistics poller's deltas (pg_stat_statements, tables, activity samples).
 //! - [`otlp`] — [`Observations`] as OTLP metrics and logs, and back (the live agent → collector path).
 
+pub mod dbstats;
 pub mod histogram;
 pub mod names;
 pub mod observations;
 pub mod otlp;
 pub mod stats;
 
+pub use dbstats::DbStats;
 pub use histogram::LatencyHistogram;
 pub use observations::{Observations, StatementKey};
 pub use stats::{Sample, StatementStats};

@@ -39,6 +39,13 @@ pub const QW_SOURCE_LOG: &str = "log";
 /// `querywatch.source` of statistics built from `pg_stat_statements`.
 pub const QW_SOURCE_STATEMENTS: &str = "statements";
 pub const QW_PARTITION_PARENT: &str = "querywatch.partition.parent";
+/// pg_stat_statements' `queryid` (as a string) and `toplevel` (a bool).
+pub const QW_QUERYID: &str = "querywatch.queryid";
+pub const QW_TOPLEVEL: &str = "querywatch.toplevel";
+/// pg_stat_activity sample attributes (empty string for NULL).
+pub const QW_WAIT_EVENT_TYPE: &str = "querywatch.wait_event_type";
+pub const QW_WAIT_EVENT: &str = "querywatch.wait_event";
+pub const QW_STATE: &str = "querywatch.state";
 /// Message class of a log entry (one of [`LOG_CLASSES`]).
 pub const QW_LOG_CLASS: &str = "querywatch.log.class";
 /// Lock-group attributes (see `observations::LockKey`); `db.namespace` too.
@@ -72,6 +79,28 @@ pub const METRIC_STATEMENT_ERRORS: &str = "querywatch.statement.errors";
 pub const METRIC_STATEMENT_TEMP_FILES: &str = "querywatch.statement.temp_files";
 pub const METRIC_STATEMENT_TEMP_BYTES: &str = "querywatch.statement.temp_bytes";
 pub const METRIC_STATEMENT_ROWS: &str = "querywatch.statement.rows";
+/// Sums from pg_stat_statements deltas (`querywatch.source=statements`;
+/// `querywatch.statement.rows` is shared with the log source and told apart
+/// by `querywatch.source`).
+pub const METRIC_STATEMENT_CALLS: &str = "querywatch.statement.calls";
+pub const METRIC_STATEMENT_EXEC_TIME: &str = "querywatch.statement.exec_time";
+pub const METRIC_STATEMENT_PLAN_TIME: &str = "querywatch.statement.plan_time";
+pub const METRIC_STATEMENT_SHARED_BLKS_HIT: &str = "querywatch.statement.shared_blks_hit";
+pub const METRIC_STATEMENT_SHARED_BLKS_READ: &str = "querywatch.statement.shared_blks_read";
+pub const METRIC_STATEMENT_TEMP_BLKS_WRITTEN: &str = "querywatch.statement.temp_blks_written";
+/// Sums from pg_stat_user_tables / pg_statio_user_tables deltas per relation.
+pub const METRIC_TABLE_SEQ_SCAN: &str = "querywatch.table.seq_scan";
+pub const METRIC_TABLE_SEQ_TUP_READ: &str = "querywatch.table.seq_tup_read";
+pub const METRIC_TABLE_IDX_SCAN: &str = "querywatch.table.idx_scan";
+pub const METRIC_TABLE_N_TUP_INS: &str = "querywatch.table.n_tup_ins";
+pub const METRIC_TABLE_N_TUP_UPD: &str = "querywatch.table.n_tup_upd";
+pub const METRIC_TABLE_N_TUP_DEL: &str = "querywatch.table.n_tup_del";
+pub const METRIC_TABLE_HEAP_BLKS_READ: &str = "querywatch.table.heap_blks_read";
+pub const METRIC_TABLE_HEAP_BLKS_HIT: &str = "querywatch.table.heap_blks_hit";
+/// Gauge: `pg_relation_size` in bytes.
+pub const METRIC_TABLE_SIZE: &str = "querywatch.table.size";
+/// Sampled non-idle backends, by wait event, state and statement.
+pub const METRIC_ACTIVITY_SAMPLES: &str = "querywatch.activity.samples";
 /// Sums of what the log could not tie to a statement.
 pub const METRIC_UNATTRIBUTED_ERRORS: &str = "querywatch.unattributed.errors";
 pub const METRIC_UNATTRIBUTED_TEMP_FILES: &str = "querywatch.unattributed.temp_files";

@@ -5,6 +5,7 @@
 //! producer (see the agent's aggregator); what did not fit is counted in
 //! `overflow_*`, never silently dropped.
 
+use crate::dbstats::DbStats;
 use crate::stats::{EpochMillis, StatementStats};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -107,6 +108,9 @@ pub struct Observations {
     /// Log entries by message class (`duration`, `error`, `connection`, `checkpoint`, …, `other`).
     pub classes: BTreeMap<&'static str, u64>,
     pub input: InputStats,
+    /// What the statistics poller saw (pg_stat_statements, table
+    /// statistics, activity samples); empty for the log source.
+    pub db: DbStats,
     /// Earliest and latest timestamp seen.
     pub first_seen: Option<EpochMillis>,
     pub last_seen: Option<EpochMillis>,
@@ -138,6 +142,7 @@ impl Observations {
             *self.classes.entry(k).or_default() += v;
         }
         self.input.merge(&other.input);
+        self.db.merge(other.db);
         self.first_seen = min_opt(self.first_seen, other.first_seen);
         self.last_seen = max_opt(self.last_seen, other.last_seen);
     }

@@ -64,10 +64,12 @@
 //! # Not yet
 //! - TLS to PostgreSQL: connections use `NoTls` (local socket or TCP on
 //!   the node). `tokio-postgres-rustls` plugs in at `DbConn::connect`.
-//! - Mapping to OTLP: that is the wire module's job.
+//! - Mapping to OTLP: that is the wire module's job; [`convert`] turns
+//!   messages into its plain data (`querywatch_wire::dbstats`).
 
 pub mod activity;
 pub mod backoff;
+pub mod convert;
 pub mod counters;
 pub mod poller;
 pub mod sql;

@@ -19,6 +19,10 @@ pub(super) fn kv_int(key: &str, value: i64) -> KeyValue {
     kv(key, Value::IntValue(value))
 }
 
+pub(super) fn kv_bool(key: &str, value: bool) -> KeyValue {
+    kv(key, Value::BoolValue(value))
+}
+
 pub(super) fn kv_double(key: &str, value: f64) -> KeyValue {
     kv(key, Value::DoubleValue(value))
 }
@@ -46,6 +50,14 @@ pub(super) fn opt_int(a: &[KeyValue], key: &'static str, item: &str) -> Result<O
         None => Ok(None),
         Some(Value::IntValue(i)) => Ok(Some(*i)),
         Some(_) => Err(DecodeError::AttributeType { item: item.into(), attribute: key, expected: "an int" }),
+    }
+}
+
+pub(super) fn req_bool(a: &[KeyValue], key: &'static str, item: &str) -> Result<bool, DecodeError> {
+    match find(a, key) {
+        None => Err(DecodeError::MissingAttribute { item: item.into(), attribute: key }),
+        Some(Value::BoolValue(b)) => Ok(*b),
+        Some(_) => Err(DecodeError::AttributeType { item: item.into(), attribute: key, expected: "a bool" }),
     }
 }
 

@@ -5,9 +5,10 @@
 //! Every sum is monotonic with DELTA temporality: the agent sends what
 //! happened in the interval and the collector adds (DESIGN.md).
 
-use super::attrs::{self, kv_str};
+use super::attrs::{self, kv_bool, kv_str};
 use super::expo;
 use super::{DecodeError, Decoded, ResourceInfo, scope};
+use crate::dbstats::{ActivityKey, DbStats, PgssDelta, PgssKey, TableDelta, TableKey};
 use crate::names;
 use crate::observations::{InputStats, LockKey, Observations};
 use crate::stats::{EpochMillis, StatementStats};
@@ -98,6 +99,104 @@ const INPUT_COUNTERS: &[InputCounter] = &[
     },
 ];
 
+/// A `u64` counter of `T` carried as one metric: name, unit, description,
+/// and the field.
+struct Field<T> {
+    name: &'static str,
+    unit: &'static str,
+    description: &'static str,
+    get: fn(&T) -> u64,
+    get_mut: fn(&mut T) -> &mut u64,
+}
+
+/// pg_stat_statements block counters (`calls`, the times and `rows` are
+/// handled on their own: calls always travel, times are seconds, rows share
+/// a metric with the log source).
+const PGSS_BLOCKS: &[Field<PgssDelta>] = &[
+    Field {
+        name: names::METRIC_STATEMENT_SHARED_BLKS_HIT,
+        unit: "{block}",
+        description: "Shared buffer hits of a statement (pg_stat_statements).",
+        get: |d| d.shared_blks_hit,
+        get_mut: |d| &mut d.shared_blks_hit,
+    },
+    Field {
+        name: names::METRIC_STATEMENT_SHARED_BLKS_READ,
+        unit: "{block}",
+        description: "Shared blocks read by a statement (pg_stat_statements).",
+        get: |d| d.shared_blks_read,
+        get_mut: |d| &mut d.shared_blks_read,
+    },
+    Field {
+        name: names::METRIC_STATEMENT_TEMP_BLKS_WRITTEN,
+        unit: "{block}",
+        description: "Temporary blocks written by a statement (pg_stat_statements).",
+        get: |d| d.temp_blks_written,
+        get_mut: |d| &mut d.temp_blks_written,
+    },
+];
+
+/// Table counters; the first (`seq_scan`) always travels, so that every
+/// relation arrives.
+const TABLE_COUNTERS: &[Field<TableDelta>] = &[
+    Field {
+        name: names::METRIC_TABLE_SEQ_SCAN,
+        unit: "{scan}",
+        description: "Sequential scans of a relation.",
+        get: |d| d.seq_scan,
+        get_mut: |d| &mut d.seq_scan,
+    },
+    Field {
+        name: names::METRIC_TABLE_SEQ_TUP_READ,
+        unit: "{tuple}",
+        description: "Tuples read by sequential scans of a relation.",
+        get: |d| d.seq_tup_read,
+        get_mut: |d| &mut d.seq_tup_read,
+    },
+    Field {
+        name: names::METRIC_TABLE_IDX_SCAN,
+        unit: "{scan}",
+        description: "Index scans of a relation.",
+        get: |d| d.idx_scan,
+        get_mut: |d| &mut d.idx_scan,
+    },
+    Field {
+        name: names::METRIC_TABLE_N_TUP_INS,
+        unit: "{tuple}",
+        description: "Tuples inserted into a relation.",
+        get: |d| d.n_tup_ins,
+        get_mut: |d| &mut d.n_tup_ins,
+    },
+    Field {
+        name: names::METRIC_TABLE_N_TUP_UPD,
+        unit: "{tuple}",
+        description: "Tuples updated in a relation.",
+        get: |d| d.n_tup_upd,
+        get_mut: |d| &mut d.n_tup_upd,
+    },
+    Field {
+        name: names::METRIC_TABLE_N_TUP_DEL,
+        unit: "{tuple}",
+        description: "Tuples deleted from a relation.",
+        get: |d| d.n_tup_del,
+        get_mut: |d| &mut d.n_tup_del,
+    },
+    Field {
+        name: names::METRIC_TABLE_HEAP_BLKS_READ,
+        unit: "{block}",
+        description: "Heap blocks of a relation read from outside shared buffers.",
+        get: |d| d.heap_blks_read,
+        get_mut: |d| &mut d.heap_blks_read,
+    },
+    Field {
+        name: names::METRIC_TABLE_HEAP_BLKS_HIT,
+        unit: "{block}",
+        description: "Heap blocks of a relation found in shared buffers.",
+        get: |d| d.heap_blks_hit,
+        get_mut: |d| &mut d.heap_blks_hit,
+    },
+];
+
 /// Data point factory for one interval.
 struct Points {
     start: u64,
@@ -182,6 +281,108 @@ fn with(mut a: Vec<KeyValue>, key: &str, value: &str) -> Vec<KeyValue> {
     a
 }
 
+fn pgss_attributes(k: &PgssKey) -> Vec<KeyValue> {
+    vec![
+        kv_str(names::DB_NAMESPACE, &k.database),
+        kv_str(names::QW_DB_USER, &k.user),
+        kv_str(names::DB_QUERY_TEXT, &k.text),
+        kv_str(names::QW_SOURCE, names::QW_SOURCE_STATEMENTS),
+        kv_str(names::QW_QUERYID, &k.queryid.to_string()),
+        kv_bool(names::QW_TOPLEVEL, k.toplevel),
+    ]
+}
+
+fn table_attributes(k: &TableKey) -> Vec<KeyValue> {
+    vec![
+        kv_str(names::DB_NAMESPACE, &k.database),
+        kv_str(names::DB_COLLECTION_NAME, &k.relation),
+        kv_str(names::QW_PARTITION_PARENT, &k.parent),
+    ]
+}
+
+fn activity_attributes(k: &ActivityKey) -> Vec<KeyValue> {
+    vec![
+        kv_str(names::DB_NAMESPACE, &k.database),
+        kv_str(names::QW_WAIT_EVENT_TYPE, &k.wait_event_type),
+        kv_str(names::QW_WAIT_EVENT, &k.wait_event),
+        kv_str(names::QW_STATE, &k.state),
+        kv_str(names::DB_QUERY_TEXT, &k.text),
+    ]
+}
+
+/// The statistics poller's part (rows aside, see [`encode_metrics`]).
+/// Every statement sends `calls` and every relation `seq_scan` (even zero),
+/// so that each key arrives; other zero counters are left out.
+fn encode_db(db: &DbStats, p: &Points, metrics: &mut Vec<Metric>) {
+    let (mut calls, mut exec, mut plan) = (Vec::new(), Vec::new(), Vec::new());
+    let mut blocks: Vec<Vec<NumberDataPoint>> = PGSS_BLOCKS.iter().map(|_| Vec::new()).collect();
+    for (k, d) in &db.statements {
+        let a = pgss_attributes(k);
+        calls.push(p.count(a.clone(), d.calls));
+        if !d.exec_time.is_zero() {
+            exec.push(p.seconds(a.clone(), d.exec_time));
+        }
+        if !d.plan_time.is_zero() {
+            plan.push(p.seconds(a.clone(), d.plan_time));
+        }
+        for (f, out) in PGSS_BLOCKS.iter().zip(&mut blocks) {
+            let v = (f.get)(d);
+            if v > 0 {
+                out.push(p.count(a.clone(), v));
+            }
+        }
+    }
+    push_sum(metrics, names::METRIC_STATEMENT_CALLS, "{call}", "Calls of a statement (pg_stat_statements).", calls);
+    push_sum(
+        metrics,
+        names::METRIC_STATEMENT_EXEC_TIME,
+        "s",
+        "Execution time of a statement (pg_stat_statements).",
+        exec,
+    );
+    push_sum(
+        metrics,
+        names::METRIC_STATEMENT_PLAN_TIME,
+        "s",
+        "Planning time of a statement (pg_stat_statements).",
+        plan,
+    );
+    for (f, points) in PGSS_BLOCKS.iter().zip(blocks) {
+        push_sum(metrics, f.name, f.unit, f.description, points);
+    }
+
+    let mut tables: Vec<Vec<NumberDataPoint>> = TABLE_COUNTERS.iter().map(|_| Vec::new()).collect();
+    let mut sizes = Vec::new();
+    for (k, d) in &db.tables {
+        let a = table_attributes(k);
+        for (i, (f, out)) in TABLE_COUNTERS.iter().zip(&mut tables).enumerate() {
+            let v = (f.get)(d);
+            if i == 0 || v > 0 {
+                out.push(p.count(a.clone(), v));
+            }
+        }
+        if let Some(size) = d.size_bytes {
+            sizes.push(p.count(a, size));
+        }
+    }
+    for (f, points) in TABLE_COUNTERS.iter().zip(tables) {
+        push_sum(metrics, f.name, f.unit, f.description, points);
+    }
+    if !sizes.is_empty() {
+        let data = Data::Gauge(Gauge { data_points: sizes });
+        metrics.push(metric(names::METRIC_TABLE_SIZE, "By", "Size of a relation's main fork.", data));
+    }
+
+    let activity: Vec<_> = db.activity.iter().map(|(k, n)| p.count(activity_attributes(k), *n)).collect();
+    push_sum(
+        metrics,
+        names::METRIC_ACTIVITY_SAMPLES,
+        "{sample}",
+        "Sampled non-idle backends, by wait event, state and statement.",
+        activity,
+    );
+}
+
 /// Everything in `obs` as OTLP metrics from `resource`, for the interval
 /// `(start, end)` in Unix nanoseconds (the data points' start and time).
 pub fn encode_metrics(
@@ -214,6 +415,12 @@ pub fn encode_metrics(
             rows.push(p.count(a, r));
         }
     }
+    // pg_stat_statements rows share the metric, told apart by the source.
+    for (k, d) in &obs.db.statements {
+        if d.rows > 0 {
+            rows.push(p.count(pgss_attributes(k), d.rows));
+        }
+    }
     if !durations.is_empty() {
         let data = Data::ExponentialHistogram(ExponentialHistogram {
             data_points: durations,
@@ -243,6 +450,7 @@ pub fn encode_metrics(
         temp_bytes,
     );
     push_sum(&mut metrics, names::METRIC_STATEMENT_ROWS, "{row}", "Rows returned or affected by a statement.", rows);
+    encode_db(&obs.db, &p, &mut metrics);
 
     let unattributed: Vec<_> = obs
         .unattributed_errors
@@ -380,6 +588,14 @@ fn decode_metric(m: &Metric, obs: &mut Observations, n: &mut Tally) -> Result<()
         | names::METRIC_STATEMENT_TEMP_BYTES
         | names::METRIC_STATEMENT_ROWS => {
             for p in delta_sum_points(m)? {
+                if item == names::METRIC_STATEMENT_ROWS
+                    && attrs::req_str(&p.attributes, names::QW_SOURCE, item)? == names::QW_SOURCE_STATEMENTS
+                {
+                    let key = pgss_key(&p.attributes, item)?;
+                    pgss_point(obs, key, item, p)?;
+                    n.ours += 1;
+                    continue;
+                }
                 let Some(key) = attrs::statement_key(&p.attributes, item)? else {
                     n.ignored += 1;
                     continue;
@@ -473,17 +689,116 @@ fn decode_metric(m: &Metric, obs: &mut Observations, n: &mut Tally) -> Result<()
                 n.ours += 1;
             }
         }
-        _ => match INPUT_COUNTERS.iter().find(|c| c.name == item) {
-            Some(c) => {
+        names::METRIC_STATEMENT_CALLS
+        | names::METRIC_STATEMENT_EXEC_TIME
+        | names::METRIC_STATEMENT_PLAN_TIME
+        | names::METRIC_STATEMENT_SHARED_BLKS_HIT
+        | names::METRIC_STATEMENT_SHARED_BLKS_READ
+        | names::METRIC_STATEMENT_TEMP_BLKS_WRITTEN => {
+            for p in delta_sum_points(m)? {
+                // Only pg_stat_statements sends these; another source's
+                // points are not ours to merge.
+                if attrs::req_str(&p.attributes, names::QW_SOURCE, item)? != names::QW_SOURCE_STATEMENTS {
+                    n.ignored += 1;
+                    continue;
+                }
+                let key = pgss_key(&p.attributes, item)?;
+                pgss_point(obs, key, item, p)?;
+                n.ours += 1;
+            }
+        }
+        names::METRIC_TABLE_SIZE => {
+            for p in gauge_points(m)? {
+                let size = count(item, p)?;
+                let d = table(obs, table_key(&p.attributes, item)?, p);
+                d.size_bytes = Some(d.size_bytes.map_or(size, |s| s.max(size)));
+                n.ours += 1;
+            }
+        }
+        names::METRIC_ACTIVITY_SAMPLES => {
+            for p in delta_sum_points(m)? {
+                let key = ActivityKey {
+                    database: attrs::req_str(&p.attributes, names::DB_NAMESPACE, item)?.to_owned(),
+                    wait_event_type: attrs::req_str(&p.attributes, names::QW_WAIT_EVENT_TYPE, item)?.to_owned(),
+                    wait_event: attrs::req_str(&p.attributes, names::QW_WAIT_EVENT, item)?.to_owned(),
+                    state: attrs::req_str(&p.attributes, names::QW_STATE, item)?.to_owned(),
+                    text: attrs::req_str(&p.attributes, names::DB_QUERY_TEXT, item)?.to_owned(),
+                };
+                let v = count(item, p)?;
+                see(&mut obs.first_seen, &mut obs.last_seen, p.start_time_unix_nano, p.time_unix_nano);
+                let c = obs.db.activity.entry(key).or_default();
+                *c = c.saturating_add(v);
+                n.ours += 1;
+            }
+        }
+        _ => {
+            if let Some(c) = INPUT_COUNTERS.iter().find(|c| c.name == item) {
                 for p in delta_sum_points(m)? {
                     *(c.get_mut)(&mut obs.input) += count(item, p)?;
                     n.ours += 1;
                 }
+            } else if let Some(f) = TABLE_COUNTERS.iter().find(|f| f.name == item) {
+                for p in delta_sum_points(m)? {
+                    let v = count(item, p)?;
+                    let d = table(obs, table_key(&p.attributes, item)?, p);
+                    let c = (f.get_mut)(d);
+                    *c = c.saturating_add(v);
+                    n.ours += 1;
+                }
+            } else {
+                n.ignored += points(m);
             }
-            None => n.ignored += points(m),
-        },
+        }
     }
     Ok(())
+}
+
+/// The pg_stat_statements key of a `querywatch.source=statements` point.
+fn pgss_key(a: &[KeyValue], item: &str) -> Result<PgssKey, DecodeError> {
+    let queryid = attrs::req_str(a, names::QW_QUERYID, item)?;
+    let queryid = queryid.parse().map_err(|_| DecodeError::Invalid {
+        item: item.into(),
+        reason: format!("{} {queryid:?} is not a 64-bit integer", names::QW_QUERYID),
+    })?;
+    Ok(PgssKey {
+        database: attrs::req_str(a, names::DB_NAMESPACE, item)?.to_owned(),
+        user: attrs::req_str(a, names::QW_DB_USER, item)?.to_owned(),
+        queryid,
+        toplevel: attrs::req_bool(a, names::QW_TOPLEVEL, item)?,
+        text: attrs::req_str(a, names::DB_QUERY_TEXT, item)?.to_owned(),
+    })
+}
+
+/// Adds one pg_stat_statements point (`item` names the counter).
+fn pgss_point(obs: &mut Observations, key: PgssKey, item: &str, p: &NumberDataPoint) -> Result<(), DecodeError> {
+    let mut add = PgssDelta::default();
+    match item {
+        names::METRIC_STATEMENT_CALLS => add.calls = count(item, p)?,
+        names::METRIC_STATEMENT_EXEC_TIME => add.exec_time = seconds(item, p)?,
+        names::METRIC_STATEMENT_PLAN_TIME => add.plan_time = seconds(item, p)?,
+        names::METRIC_STATEMENT_ROWS => add.rows = count(item, p)?,
+        _ => match PGSS_BLOCKS.iter().find(|f| f.name == item) {
+            Some(f) => *(f.get_mut)(&mut add) = count(item, p)?,
+            None => return Ok(()),
+        },
+    }
+    see(&mut obs.first_seen, &mut obs.last_seen, p.start_time_unix_nano, p.time_unix_nano);
+    obs.db.statements.entry(key).or_default().merge(&add);
+    Ok(())
+}
+
+fn table_key(a: &[KeyValue], item: &str) -> Result<TableKey, DecodeError> {
+    Ok(TableKey {
+        database: attrs::req_str(a, names::DB_NAMESPACE, item)?.to_owned(),
+        relation: attrs::req_str(a, names::DB_COLLECTION_NAME, item)?.to_owned(),
+        parent: attrs::req_str(a, names::QW_PARTITION_PARENT, item)?.to_owned(),
+    })
+}
+
+/// The entry of relation `key`, marked as seen in the point's interval.
+fn table<'a>(obs: &'a mut Observations, key: TableKey, p: &NumberDataPoint) -> &'a mut TableDelta {
+    see(&mut obs.first_seen, &mut obs.last_seen, p.start_time_unix_nano, p.time_unix_nano);
+    obs.db.tables.entry(key).or_default()
 }
 
 /// The entry of statement `key`, marked as seen in the interval.

@@ -5,7 +5,12 @@
 //! - [`encode_metrics`] / [`decode_metrics`]: per-statement latency as an
 //!   exponential histogram (`querywatch.query.duration`, seconds, DELTA) and
 //!   every counter of [`Observations`] as a monotonic DELTA sum (gauge for
-//!   the longest lock wait). Names are in [`crate::names`].
+//!   the longest lock wait). Names are in [`crate::names`]. The statistics
+//!   poller's deltas ([`crate::dbstats`]) travel as monotonic DELTA sums too:
+//!   `querywatch.statement.*` with `querywatch.source=statements`, the
+//!   `querywatch.queryid` (string) and `querywatch.toplevel` (bool);
+//!   `querywatch.table.*` per relation (plus the `querywatch.table.size`
+//!   gauge); `querywatch.activity.samples`.
 //! - [`encode_logs`] / [`decode_logs`]: the slowest execution (and plan) of
 //!   each statement as a `querywatch.query.sample` log record, and the first
 //!   message of each error kind as `querywatch.query.error`.

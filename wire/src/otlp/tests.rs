@@ -664,3 +664,231 @@ proptest! {
         prop_assert_eq!(encode_metrics(&obs, &resource(), INTERVAL).encode_to_vec(), m.encode_to_vec());
     }
 }
+
+// --- Statistics poller deltas (pg_stat_statements, tables, activity) -----------------
+
+fn pgss_key(queryid: i64, toplevel: bool, text: &str) -> crate::dbstats::PgssKey {
+    crate::dbstats::PgssKey { database: "shop".into(), user: "app".into(), queryid, toplevel, text: text.into() }
+}
+
+/// `observations()` plus one of everything the statistics poller sends.
+fn with_db_stats() -> Observations {
+    use crate::dbstats::{ActivityKey, PgssDelta, TableDelta, TableKey};
+    let mut obs = observations();
+    let db = &mut obs.db;
+    db.statements.insert(
+        pgss_key(-4_611_686_018_427_387_904, true, "SELECT * FROM orders WHERE id = $1"),
+        PgssDelta {
+            calls: 37,
+            exec_time: Duration::from_nanos(12_345_678),
+            plan_time: Duration::from_nanos(1_000_001),
+            rows: 37,
+            shared_blks_hit: 111,
+            shared_blks_read: 3,
+            temp_blks_written: 0,
+        },
+    );
+    // Nested (toplevel = false), no calls this interval but temp blocks.
+    db.statements.insert(
+        pgss_key(42, false, "SELECT count(*) FROM items"),
+        PgssDelta { temp_blks_written: 9, ..PgssDelta::default() },
+    );
+    // All zero: must still arrive (calls always travels).
+    db.statements.insert(pgss_key(7, true, "COMMIT"), PgssDelta::default());
+    let orders =
+        TableKey { database: "shop".into(), relation: "public.orders_2024_01".into(), parent: "public.orders".into() };
+    db.tables.insert(
+        orders,
+        TableDelta {
+            seq_scan: 2,
+            seq_tup_read: 2000,
+            idx_scan: 5,
+            n_tup_ins: 10,
+            n_tup_upd: 3,
+            n_tup_del: 1,
+            heap_blks_read: 4,
+            heap_blks_hit: 40,
+            size_bytes: Some(65_536),
+        },
+    );
+    db.tables.insert(
+        TableKey { database: "shop".into(), relation: "public.items".into(), parent: String::new() },
+        TableDelta::default(),
+    );
+    db.activity.insert(
+        ActivityKey {
+            database: "shop".into(),
+            wait_event_type: "Lock".into(),
+            wait_event: "transactionid".into(),
+            state: "active".into(),
+            text: "UPDATE orders SET state = $1 WHERE id = $2".into(),
+        },
+        7,
+    );
+    db.activity.insert(
+        ActivityKey {
+            database: String::new(),
+            wait_event_type: String::new(),
+            wait_event: String::new(),
+            state: "active".into(),
+            text: "SELECT pg_sleep($1)".into(),
+        },
+        2,
+    );
+    obs
+}
+
+#[test]
+fn db_statistics_survive_encode_and_decode() {
+    let obs = with_db_stats();
+    let (_, back) = round_trip(&obs);
+    assert_eq!(back.db, obs.db);
+    // The log statistics are untouched by the statements-source rows.
+    assert_statements_equal(&obs, &back);
+    // And through protobuf bytes.
+    let req = encode_metrics(&obs, &resource(), INTERVAL);
+    let bytes = req.encode_to_vec();
+    let again = ExportMetricsServiceRequest::decode(&bytes[..]).unwrap();
+    assert_eq!(again, req);
+    let d = decode_metrics(&again).unwrap();
+    assert_eq!(d.ignored, 0);
+    assert_eq!(d.batches[0].1.db, obs.db);
+}
+
+#[test]
+fn db_metric_names_types_and_attributes() {
+    let req = encode_metrics(&with_db_stats(), &resource(), INTERVAL);
+    let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+    for (name, unit, gauge) in [
+        ("querywatch.statement.calls", "{call}", false),
+        ("querywatch.statement.exec_time", "s", false),
+        ("querywatch.statement.plan_time", "s", false),
+        ("querywatch.statement.rows", "{row}", false),
+        ("querywatch.statement.shared_blks_hit", "{block}", false),
+        ("querywatch.statement.shared_blks_read", "{block}", false),
+        ("querywatch.statement.temp_blks_written", "{block}", false),
+        ("querywatch.table.seq_scan", "{scan}", false),
+        ("querywatch.table.seq_tup_read", "{tuple}", false),
+        ("querywatch.table.idx_scan", "{scan}", false),
+        ("querywatch.table.n_tup_ins", "{tuple}", false),
+        ("querywatch.table.n_tup_upd", "{tuple}", false),
+        ("querywatch.table.n_tup_del", "{tuple}", false),
+        ("querywatch.table.heap_blks_read", "{block}", false),
+        ("querywatch.table.heap_blks_hit", "{block}", false),
+        ("querywatch.table.size", "By", true),
+        ("querywatch.activity.samples", "{sample}", false),
+    ] {
+        assert_eq!(metrics.iter().filter(|m| m.name == name).count(), 1, "{name}: one metric per name");
+        let m = find(&req, name);
+        assert_eq!(m.unit, unit, "{name}");
+        match &m.data {
+            Some(Data::Sum(s)) => {
+                assert!(!gauge, "{name}");
+                assert!(s.is_monotonic, "{name}");
+                assert_eq!(s.aggregation_temporality, AggregationTemporality::Delta as i32, "{name}");
+            }
+            Some(Data::Gauge(_)) => assert!(gauge, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    let Some(Data::Sum(calls)) = &find(&req, names::METRIC_STATEMENT_CALLS).data else { panic!() };
+    assert_eq!(calls.data_points.len(), 3, "zero calls travel too");
+    let p = calls.data_points.iter().find(|p| p.value == Some(number_data_point::Value::AsInt(37))).unwrap();
+    let mut a = str_attrs(&p.attributes);
+    let toplevel = p.attributes.iter().find(|kv| kv.key == names::QW_TOPLEVEL).unwrap();
+    assert_eq!(toplevel.value.as_ref().unwrap().value, Some(Value::BoolValue(true)));
+    a.retain(|(k, _)| k != names::QW_TOPLEVEL);
+    assert_eq!(
+        a,
+        pairs(&[
+            ("db.namespace", "shop"),
+            ("querywatch.db.user", "app"),
+            ("db.query.text", "SELECT * FROM orders WHERE id = $1"),
+            ("querywatch.source", "statements"),
+            ("querywatch.queryid", "-4611686018427387904"),
+        ])
+    );
+    let Some(Data::Gauge(size)) = &find(&req, names::METRIC_TABLE_SIZE).data else { panic!() };
+    assert_eq!(
+        str_attrs(&size.data_points[0].attributes),
+        pairs(&[
+            ("db.namespace", "shop"),
+            ("db.collection.name", "public.orders_2024_01"),
+            ("querywatch.partition.parent", "public.orders"),
+        ])
+    );
+    let Some(Data::Sum(act)) = &find(&req, names::METRIC_ACTIVITY_SAMPLES).data else { panic!() };
+    assert_eq!(
+        str_attrs(&act.data_points[1].attributes),
+        pairs(&[
+            ("db.namespace", "shop"),
+            ("querywatch.wait_event_type", "Lock"),
+            ("querywatch.wait_event", "transactionid"),
+            ("querywatch.state", "active"),
+            ("db.query.text", "UPDATE orders SET state = $1 WHERE id = $2"),
+        ])
+    );
+}
+
+#[test]
+fn statement_sums_of_another_source_are_ignored_and_bad_ones_rejected() {
+    let mut req = encode_metrics(&with_db_stats(), &resource(), INTERVAL);
+    let metrics = &mut req.resource_metrics[0].scope_metrics[0].metrics;
+    // A calls point claiming the log source (not ours to merge) and one of
+    // an unknown source (a newer agent's): both skipped and counted.
+    let mut other = metrics.iter().find(|m| m.name == names::METRIC_STATEMENT_CALLS).unwrap().clone();
+    let Some(Data::Sum(s)) = &mut other.data else { panic!() };
+    s.data_points.truncate(2);
+    for (p, source) in s.data_points.iter_mut().zip(["log", "pg_stat_monitor"]) {
+        for kv in &mut p.attributes {
+            if kv.key == names::QW_SOURCE {
+                kv.value = Some(AnyValue { value: Some(Value::StringValue(source.into())) });
+            }
+        }
+    }
+    metrics.push(other);
+    let d = decode_metrics(&req).unwrap();
+    assert_eq!(d.ignored, 2);
+    assert_eq!(d.batches[0].1.db, with_db_stats().db);
+
+    // A statements-source point without its queryid is an error naming the metric.
+    let mut req = encode_metrics(&with_db_stats(), &resource(), INTERVAL);
+    let m = req.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter_mut()
+        .find(|m| m.name == names::METRIC_STATEMENT_ROWS)
+        .unwrap();
+    let Some(Data::Sum(s)) = &mut m.data else { panic!() };
+    for p in &mut s.data_points {
+        p.attributes.retain(|kv| kv.key != names::QW_QUERYID);
+    }
+    assert_eq!(
+        decode_metrics(&req).unwrap_err(),
+        DecodeError::MissingAttribute { item: names::METRIC_STATEMENT_ROWS.into(), attribute: names::QW_QUERYID }
+    );
+    // A table point without its parent attribute, likewise.
+    let mut req = encode_metrics(&with_db_stats(), &resource(), INTERVAL);
+    let m = req.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter_mut()
+        .find(|m| m.name == names::METRIC_TABLE_SEQ_SCAN)
+        .unwrap();
+    let Some(Data::Sum(s)) = &mut m.data else { panic!() };
+    s.data_points[0].attributes.retain(|kv| kv.key != names::QW_PARTITION_PARENT);
+    assert!(matches!(decode_metrics(&req), Err(DecodeError::MissingAttribute { .. })));
+}
+
+#[test]
+fn db_statistics_merge_before_or_after_decoding_alike() {
+    let a = with_db_stats();
+    let b = Observations { db: a.db.clone(), ..Observations::default() };
+    let (_, da) = round_trip(&a);
+    let (_, db) = round_trip(&b);
+    let mut after = da;
+    after.merge(db);
+    let mut merged = a.clone();
+    merged.merge(b);
+    let (_, before) = round_trip(&merged);
+    assert_eq!(after.db, before.db);
+    assert_eq!(before.db.statements.values().map(|d| d.calls).sum::<u64>(), 74);
+}
