@@ -521,7 +521,7 @@ impl Worker {
     fn cut(&mut self) -> Cut {
         let mut stats = std::mem::take(&mut self.finished);
         for fp in self.parsers.values_mut() {
-            stats.merge(&delta(fp.parser.stats(), &fp.reported));
+            stats.merge(&fp.parser.stats().since(&fp.reported));
             fp.reported = fp.parser.stats().clone();
         }
         let obs = self.agg.cut(&stats);
@@ -554,7 +554,7 @@ fn consume(
     if chunk.eof
         && let Some(fp) = parsers.remove(&chunk.file)
     {
-        let mut last = delta(fp.parser.stats(), &fp.reported);
+        let mut last = fp.parser.stats().since(&fp.reported);
         last.files += 1;
         finished.merge(&last);
     }
@@ -612,20 +612,5 @@ fn new_parser(
             }
             Err(chunk.data.len())
         }
-    }
-}
-
-/// `now - before`, field by field (parser counters only grow).
-fn delta(now: &ParseStats, before: &ParseStats) -> ParseStats {
-    ParseStats {
-        files: now.files.saturating_sub(before.files),
-        bytes: now.bytes.saturating_sub(before.bytes),
-        lines: now.lines.saturating_sub(before.lines),
-        entries: now.entries.saturating_sub(before.entries),
-        unparsed: now.unparsed.saturating_sub(before.unparsed),
-        truncated: now.truncated.saturating_sub(before.truncated),
-        invalid_utf8: now.invalid_utf8.saturating_sub(before.invalid_utf8),
-        unattributed_durations: now.unattributed_durations.saturating_sub(before.unattributed_durations),
-        unreadable_files: now.unreadable_files.saturating_sub(before.unreadable_files),
     }
 }

@@ -71,15 +71,10 @@ pub struct QueryRow {
 /// What was read.
 #[derive(Clone, Debug, Serialize, PartialEq, Default)]
 pub struct InputSummary {
-    pub files: u64,
-    pub bytes: u64,
-    pub lines: u64,
-    pub entries: u64,
-    pub unparsed: u64,
-    pub truncated: u64,
-    pub invalid_utf8: u64,
-    pub unattributed_durations: u64,
-    pub unreadable_files: u64,
+    /// files, bytes, lines, entries, unparsed, truncated, invalid_utf8,
+    /// unattributed_durations, unreadable_files.
+    #[serde(flatten)]
+    pub counts: InputStats,
     /// Statements folded into `<other>` because a cap was reached.
     pub overflow_calls: u64,
     pub first_seen: Option<String>,
@@ -197,15 +192,7 @@ impl Report {
             total_calls,
             findings,
             input: InputSummary {
-                files: i.files,
-                bytes: i.bytes,
-                lines: i.lines,
-                entries: i.entries,
-                unparsed: i.unparsed,
-                truncated: i.truncated,
-                invalid_utf8: i.invalid_utf8,
-                unattributed_durations: i.unattributed_durations,
-                unreadable_files: i.unreadable_files,
+                counts: i.clone(),
                 overflow_calls: store.total_overflow_calls(),
                 first_seen: store.rest.first_seen.map(&format_time),
                 last_seen: store.rest.last_seen.map(&format_time),
@@ -232,10 +219,10 @@ impl Report {
             self.total_queries,
             self.total_calls,
             self.total_ms,
-            i.files,
-            i.bytes as f64 / 1_048_576.0,
-            i.entries,
-            i.unparsed
+            i.counts.files,
+            i.counts.bytes as f64 / 1_048_576.0,
+            i.counts.entries,
+            i.counts.unparsed
         );
         if let (Some(a), Some(b)) = (&i.first_seen, &i.last_seen) {
             let _ = writeln!(o, "time range: {a} .. {b}");

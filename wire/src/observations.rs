@@ -58,7 +58,7 @@ impl LockStats {
 }
 
 /// How much input was read and what could not be used.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InputStats {
     pub files: u64,
     pub bytes: u64,
@@ -89,6 +89,22 @@ impl InputStats {
         self.invalid_utf8 += o.invalid_utf8;
         self.unattributed_durations += o.unattributed_durations;
         self.unreadable_files += o.unreadable_files;
+    }
+
+    /// `self - before`, field by field, for counters that only grow (a
+    /// parser's totals at two moments: what happened in between).
+    pub fn since(&self, before: &InputStats) -> InputStats {
+        InputStats {
+            files: self.files.saturating_sub(before.files),
+            bytes: self.bytes.saturating_sub(before.bytes),
+            lines: self.lines.saturating_sub(before.lines),
+            entries: self.entries.saturating_sub(before.entries),
+            unparsed: self.unparsed.saturating_sub(before.unparsed),
+            truncated: self.truncated.saturating_sub(before.truncated),
+            invalid_utf8: self.invalid_utf8.saturating_sub(before.invalid_utf8),
+            unattributed_durations: self.unattributed_durations.saturating_sub(before.unattributed_durations),
+            unreadable_files: self.unreadable_files.saturating_sub(before.unreadable_files),
+        }
     }
 }
 
