@@ -714,6 +714,17 @@ impl Tailer {
 
     /// Opens a discovered file and reads its head; `None` (after a warning
     /// where it is worth one) when it cannot be followed now.
+    /// A generation for a file seen for the first time, at offset 0, with
+    /// its stream; the caller decides where reading starts.
+    fn new_gen(&mut self, s: &Seen, meta: &std::fs::Metadata, head: &[u8]) -> (usize, Gen) {
+        let stream = self.stream_of(s.source, s.class);
+        let mut g = Gen::new(stream, s.path.clone(), s.key, Fingerprint::of(head), 0);
+        g.size = meta.len();
+        g.mtime = s.mtime;
+        g.created = s.created;
+        (stream, g)
+    }
+
     fn open_seen(&mut self, path: &Path, key: FileKey) -> Option<(File, std::fs::Metadata, Vec<u8>)> {
         match identity::open_regular(path) {
             Ok(Opened::File { file, meta }) => {
@@ -912,11 +923,7 @@ impl Tailer {
         // Files not in the checkpoint.
         let mut first: BTreeMap<usize, Vec<Gen>> = BTreeMap::new();
         for (s, file, meta, head) in fresh {
-            let stream = self.stream_of(s.source, s.class);
-            let mut g = Gen::new(stream, s.path.clone(), s.key, Fingerprint::of(&head), 0);
-            g.size = meta.len();
-            g.mtime = s.mtime;
-            g.created = s.created;
+            let (stream, mut g) = self.new_gen(&s, &meta, &head);
             match self.classify(stream, &head) {
                 Novel::CopyOfLive(original) => {
                     self.warn(s.path.clone(), TailError::Duplicate { path: s.path, original });
@@ -1023,11 +1030,7 @@ impl Tailer {
                 continue;
             }
             let Some((file, meta, head)) = self.open_seen(&s.path, s.key) else { continue };
-            let stream = self.stream_of(s.source, s.class);
-            let mut g = Gen::new(stream, s.path.clone(), s.key, Fingerprint::of(&head), 0);
-            g.size = meta.len();
-            g.mtime = s.mtime;
-            g.created = s.created;
+            let (stream, mut g) = self.new_gen(&s, &meta, &head);
             match self.classify(stream, &head) {
                 Novel::CopyOfTruncated(id) => {
                     self.take_over(id, g, file);
