@@ -10,7 +10,8 @@
 #   python3-venv         the venv below (Debian's python3 has no ensurepip without it)
 #
 # It also creates target/pyenv, a venv with the official Python
-# opentelemetry-proto package, for wire/tests/python_interop.rs.
+# opentelemetry-proto package, for wire/tests/python_interop.rs, and the
+# Python SDK with its OTLP exporters, for collector/tests/receive.rs.
 #
 # Idempotent: when everything is present it prints only the PostgreSQL bin dir
 # on stdout (so callers can do `PG_BIN=$(scripts/deps.sh)`), nothing else.
@@ -75,10 +76,18 @@ fi
 # comments and profiles-only fields). All output to stderr: stdout is the bin dir.
 otlp_py_version=1.38.0
 pyenv_dir="$(cd "$(dirname "$0")/.." && pwd)/target/pyenv"
-if ! "$pyenv_dir/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('opentelemetry-proto') != '$otlp_py_version')" >/dev/null 2>&1; then
-    echo "deps.sh: creating $pyenv_dir with opentelemetry-proto==$otlp_py_version" >&2
+# The SDK and its OTLP exporters (same release family: 1.38.0, semconv
+# 0.59b0) send to the collector's receiver in collector/tests/receive.rs.
+otlp_py_packages=(
+    "opentelemetry-proto==$otlp_py_version"
+    "opentelemetry-sdk==$otlp_py_version"
+    "opentelemetry-exporter-otlp-proto-grpc==$otlp_py_version"
+    "opentelemetry-exporter-otlp-proto-http==$otlp_py_version"
+)
+if ! "$pyenv_dir/bin/python" -c "import importlib.metadata as m, sys; sys.exit(any(m.version(p) != '$otlp_py_version' for p in ('opentelemetry-proto', 'opentelemetry-sdk', 'opentelemetry-exporter-otlp-proto-grpc', 'opentelemetry-exporter-otlp-proto-http')))" >/dev/null 2>&1; then
+    echo "deps.sh: creating $pyenv_dir with ${otlp_py_packages[*]}" >&2
     python3 -m venv "$pyenv_dir" >&2
-    "$pyenv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "opentelemetry-proto==$otlp_py_version" >&2
+    "$pyenv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "${otlp_py_packages[@]}" >&2
 fi
 
 # Find the server binaries. Debian's pg_config (postgresql-common/libpq-dev)

@@ -18,6 +18,7 @@ use querywatch_agent::aggregate::{Aggregator, AggregatorConfig};
 use querywatch_agent::logparse::{self, LogFormat, Parser, Prefix, time};
 use querywatch_collector::findings::{DetectorConfig, detect};
 use querywatch_collector::report::{Report, SortKey};
+use querywatch_collector::snapshot::Snapshot;
 use querywatch_collector::store::{Store, StoreConfig};
 use querywatch_wire::Observations;
 use rayon::prelude::*;
@@ -148,7 +149,8 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     if readable == 0 {
         bail!("none of the {} input file(s) could be read", settings.files.len());
     }
-    let findings = detect(&store, &DetectorConfig::default());
+    // The live collector's detectors, over the whole input as one snapshot.
+    let findings = detect(&Snapshot::from_store(&store, ""), &DetectorConfig::default());
     let sort = match args.sort {
         Sort::Total => SortKey::Total,
         Sort::Mean => SortKey::Mean,
@@ -535,7 +537,7 @@ mod tests {
             let obs = analyze_file(&root.join("tests/fixtures/pg15").join(file), &s, &ProgressBar::hidden()).unwrap();
             let mut store = Store::new(StoreConfig::default());
             store.ingest(obs);
-            let findings = detect(&store, &DetectorConfig::default());
+            let findings = detect(&Snapshot::from_store(&store, ""), &DetectorConfig::default());
             let json = Report::build(&store, findings, SortKey::Total, 0, time::format_timestamp).to_json();
             // Compare against the decoded strings, not the escaped JSON.
             let value: serde_json::Value = serde_json::from_str(&json).unwrap();

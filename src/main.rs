@@ -7,6 +7,7 @@
 mod agent;
 mod analyze;
 mod check;
+mod collector;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Check this node's PostgreSQL settings, privileges, logs and collector for the agent; print the fixes.
     Check(check::CheckArgs),
+    /// Run the collector: receive OTLP from the agents, find bottlenecks and hot partitions, serve /metrics and the API.
+    Collector(collector::CollectorArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Check(args) => check::run(args),
+        Command::Collector(args) => collector::run(args),
     };
     match result {
         Ok(code) => code,

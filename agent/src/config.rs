@@ -30,6 +30,24 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field, message: message.into() }
 }
 
+/// `export.ca_file`'s bytes, once they look like PEM certificates. The
+/// transports parse them again (and say which certificate is broken); this
+/// catches the usual mistakes early and with the file's name: a wrong
+/// path, a DER file, a private key.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem =
+        std::fs::read(path).map_err(|e| invalid("export.ca_file", format!("cannot read {}: {e}", path.display())))?;
+    if !pem.windows(CERT_MARKER.len()).any(|w| w == CERT_MARKER) {
+        return Err(invalid(
+            "export.ca_file",
+            format!("{}: no PEM certificate in it (expected a \"-----BEGIN CERTIFICATE-----\" block)", path.display()),
+        ));
+    }
+    Ok(pem)
+}
+
+const CERT_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
+
 /// The file as written (every field optional; unknown fields rejected).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +122,10 @@ pub struct RawExport {
     pub compression: Option<String>,
     /// Bound of the on-disk spool used while the collector is unreachable (default 256 MiB).
     pub spool_max_bytes: Option<u64>,
+    /// PEM file of CA certificates to trust for an `https://` endpoint, in
+    /// addition to the built-in (webpki) roots: a collector with a
+    /// certificate from a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Log source settings, validated.
@@ -144,6 +166,9 @@ pub struct ExportConfig {
     pub timeout: Duration,
     pub gzip: bool,
     pub spool_max_bytes: u64,
+    /// The PEM certificates of `export.ca_file`, read and checked at
+    /// startup (trusted for `https://` endpoints on top of the webpki roots).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// The agent's configuration, ready to use.
@@ -304,6 +329,10 @@ impl Config {
             Some("none") => false,
             Some(other) => return Err(invalid("export.compression", format!("{other:?}: use gzip or none"))),
         };
+        let ca_pem = match &x.ca_file {
+            Some(path) => Some(read_ca_file(path)?),
+            None => None,
+        };
         let resource = match env.get("OTEL_RESOURCE_ATTRIBUTES") {
             Some(r) => parse_pairs("OTEL_RESOURCE_ATTRIBUTES", r)?,
             None => BTreeMap::new(),
@@ -322,6 +351,7 @@ impl Config {
                 timeout: x.timeout.unwrap_or(Duration::from_secs(10)),
                 gzip,
                 spool_max_bytes: x.spool_max_bytes.unwrap_or(256 << 20),
+                ca_pem,
             },
             resource,
         })
@@ -485,5 +515,27 @@ bearer_token = "s3cret"
             };
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn ca_file_must_be_readable_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let der = dir.path().join("ca.der");
+        std::fs::write(&der, [0x30, 0x82, 0x01, 0x0a]).unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let resolve = |path: &Path| {
+            let text = format!(
+                "node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\nca_file = {:?}",
+                path.display().to_string()
+            );
+            Config::resolve(toml::from_str(&text).unwrap(), &Env::default(), &Overrides::default())
+        };
+        let err = resolve(&dir.path().join("missing.pem")).unwrap_err().to_string();
+        assert!(err.contains("export.ca_file") && err.contains("cannot read") && err.contains("missing.pem"), "{err}");
+        let err = resolve(&der).unwrap_err().to_string();
+        assert!(err.contains("export.ca_file") && err.contains("no PEM certificate"), "{err}");
+        let ok = resolve(&pem).unwrap();
+        assert!(ok.export.ca_pem.is_some_and(|p| p.starts_with(b"-----BEGIN")));
     }
 }

@@ -33,11 +33,21 @@
 //! milliseconds between a receipt and the checkpoint write; a SIGKILL in
 //! that window sends that batch again.
 //!
+//! The agent's own health travels in every batch ([`Observations::agent`],
+//! `querywatch.agent.*` metrics): the worker names the log files each
+//! interval read from (bytes and lines, by file name, capped), and the
+//! async side adds, as deltas since the previous cut, the exporter's
+//! failures by class, retries and spool drops ([`ExportHealth`]) and the
+//! statistics poller's reconnects, connection failures and failed polls
+//! ([`PollerHealth`]), plus the spool's size and the last successful
+//! export as gauges. A batch reports the health up to its own cut, so the
+//! failures to send it arrive with a later one.
+//!
 //! Shortcuts taken on purpose:
 //! - The statistics source does not run in `--once` mode: its first poll
 //!   is a baseline, so one pass has no deltas to send.
-//! - The agent's own health (tail and export counters) is not exported yet;
-//!   it is printed at exit.
+//! - What the exporter does after the last cut (the final flush) is only
+//!   in the summary printed at exit.
 //! - One [`Aggregator`] for the whole run, cut every interval
 //!   ([`Aggregator::cut`]): lines that pair across an interval boundary
 //!   (extended-protocol `parse`/`bind` and their `execute`, `log_statement`
@@ -46,15 +56,17 @@
 
 use crate::aggregate::{Aggregator, AggregatorConfig};
 use crate::config::{Config, DatabaseConfig, LogsConfig};
-use crate::export::{Batch, ExportCounters, ExportError, Exporter, Options, Outcome, Receipt};
+use crate::export::{Batch, ExportCounters, ExportError, ExportHealth, Exporter, Options, Outcome, Receipt};
 use crate::logparse::{self, LogFormat, ParseStats, Parser};
-use crate::stats::{Poller, PollerConfig, StatsError, StatsMessage};
+use crate::stats::{Poller, PollerConfig, PollerHealth, StatsError, StatsMessage};
 use crate::tail::{Chunk, FileId, Source, StartAt, TailConfig, TailError, TailStats, Tailer, Watermark};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use querywatch_wire::health::{AgentHealth, FileRead};
 use querywatch_wire::otlp::{ResourceInfo, encode_logs, encode_metrics};
 use querywatch_wire::{DbStats, Observations};
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -186,6 +198,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
     };
     let (exporter, mut receipts) =
         Exporter::new(&cfg.export, &cfg.state_dir, Options::default())?.spawn::<Option<Watermark>>(4);
+    let health = HealthDeltas::new(exporter.health().clone(), database.as_ref().map(Poller::health));
     // Signal handlers before any work, so an early SIGTERM is a clean stop.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| RunError::Setup { what: "the SIGTERM handler", source })?;
@@ -222,6 +235,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
         resource: resource_info(&cfg),
         last_cut: now_ns(),
         db: DbStats::default(),
+        health,
         summary: RunSummary::default(),
         said: HashSet::new(),
     };
@@ -351,6 +365,7 @@ struct Loop {
     last_cut: u64,
     /// The statistics poller's deltas of the current interval.
     db: DbStats,
+    health: HealthDeltas,
     summary: RunSummary,
     /// Error kinds already said on stderr (each is counted always).
     said: HashSet<&'static str>,
@@ -383,6 +398,9 @@ impl Loop {
             None => Cut { obs: Observations::default(), watermark: None },
         };
         cut.obs.db = std::mem::take(&mut self.db);
+        // The worker filled in the files it read; the rest is ours.
+        let files = std::mem::take(&mut cut.obs.agent.files);
+        cut.obs.agent = self.health.cut(files);
         let end = now_ns().max(self.last_cut + 1);
         let interval = (self.last_cut, end);
         self.last_cut = end;
@@ -408,6 +426,77 @@ impl Loop {
         {
             self.error("worker", "the log worker has stopped".into());
         }
+    }
+}
+
+/// The poller's counters that travel, at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct PollerTotals {
+    reconnects: u64,
+    connect_failures: u64,
+    connections_lost: u64,
+    poll_failures: u64,
+}
+
+impl PollerTotals {
+    fn of(h: &PollerHealth) -> PollerTotals {
+        let g = PollerHealth::get;
+        PollerTotals {
+            reconnects: g(&h.reconnects),
+            connect_failures: g(&h.connect_failures),
+            connections_lost: g(&h.connections_lost),
+            poll_failures: g(&h.poll_failures).saturating_add(g(&h.activity_failures)),
+        }
+    }
+}
+
+/// Turns the exporter's and the poller's running totals into the
+/// per-interval [`AgentHealth`] (counters as deltas since the previous cut,
+/// gauges as they are now).
+struct HealthDeltas {
+    export: Arc<ExportHealth>,
+    export_before: ExportCounters,
+    poller: Option<Arc<PollerHealth>>,
+    poller_before: PollerTotals,
+}
+
+impl HealthDeltas {
+    fn new(export: Arc<ExportHealth>, poller: Option<Arc<PollerHealth>>) -> HealthDeltas {
+        HealthDeltas {
+            export,
+            export_before: ExportCounters::default(),
+            poller,
+            poller_before: PollerTotals::default(),
+        }
+    }
+
+    fn cut(&mut self, files: BTreeMap<String, FileRead>) -> AgentHealth {
+        let now = self.export.snapshot();
+        let before = std::mem::replace(&mut self.export_before, now.clone());
+        let d = |f: fn(&ExportCounters) -> u64| f(&now).saturating_sub(f(&before));
+        let mut h = AgentHealth {
+            files,
+            export_retryable_failures: d(|c| c.retryable_failures),
+            export_throttled: d(|c| c.throttled),
+            export_permanent_failures: d(|c| c.permanent_failures),
+            export_retries: d(|c| c.retries),
+            spool_dropped_batches: d(|c| c.spool_dropped_batches),
+            spool_dropped_bytes: d(|c| c.spool_dropped_bytes),
+            spool_batches: Some(now.spool_files),
+            spool_bytes: Some(now.spool_bytes),
+            last_export_unix_s: now.last_success.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            ..AgentHealth::default()
+        };
+        if let Some(p) = &self.poller {
+            let now = PollerTotals::of(p);
+            let before = std::mem::replace(&mut self.poller_before, now);
+            h.poller_reconnects = now.reconnects.saturating_sub(before.reconnects);
+            h.poller_connect_failures = now.connect_failures.saturating_sub(before.connect_failures);
+            h.poller_connections_lost = now.connections_lost.saturating_sub(before.connections_lost);
+            h.poller_poll_failures = now.poll_failures.saturating_sub(before.poll_failures);
+        }
+        h.cap_files();
+        h
     }
 }
 
@@ -444,6 +533,29 @@ struct WorkerEnd {
 struct FileParser {
     parser: Parser,
     reported: ParseStats,
+    /// The file's name (no directory) when its first chunk came: the
+    /// attribute of its health numbers.
+    name: String,
+}
+
+/// What generations finished during the interval read.
+#[derive(Default)]
+struct Finished {
+    stats: ParseStats,
+    files: BTreeMap<String, FileRead>,
+}
+
+impl Finished {
+    fn add(&mut self, name: &str, stats: &ParseStats) {
+        self.stats.merge(stats);
+        add_read(&mut self.files, name, stats);
+    }
+}
+
+fn add_read(files: &mut BTreeMap<String, FileRead>, name: &str, stats: &ParseStats) {
+    if stats.bytes > 0 || stats.lines > 0 {
+        files.entry(name.to_owned()).or_default().merge(&FileRead { bytes: stats.bytes, lines: stats.lines });
+    }
 }
 
 struct Worker {
@@ -452,7 +564,7 @@ struct Worker {
     parsers: HashMap<FileId, FileParser>,
     agg: Aggregator,
     /// Parser counters of generations finished during this interval.
-    finished: ParseStats,
+    finished: Finished,
     errors: u64,
     said: HashSet<String>,
 }
@@ -464,7 +576,7 @@ impl Worker {
             logs,
             parsers: HashMap::new(),
             agg: Aggregator::new(agg_cfg),
-            finished: ParseStats::default(),
+            finished: Finished::default(),
             errors: 0,
             said: HashSet::new(),
         }
@@ -519,12 +631,15 @@ impl Worker {
     }
 
     fn cut(&mut self) -> Cut {
-        let mut stats = std::mem::take(&mut self.finished);
+        let Finished { mut stats, mut files } = std::mem::take(&mut self.finished);
         for fp in self.parsers.values_mut() {
-            stats.merge(&fp.parser.stats().since(&fp.reported));
+            let new = fp.parser.stats().since(&fp.reported);
+            stats.merge(&new);
+            add_read(&mut files, &fp.name, &new);
             fp.reported = fp.parser.stats().clone();
         }
-        let obs = self.agg.cut(&stats);
+        let mut obs = self.agg.cut(&stats);
+        obs.agent.files = files;
         // No poll between finishing and this: the watermark covers exactly
         // the bytes whose entries are in `obs`.
         Cut { obs, watermark: self.tailer.watermark() }
@@ -539,14 +654,17 @@ fn consume(
     logs: &LogsConfig,
     parsers: &mut HashMap<FileId, FileParser>,
     agg: &mut Aggregator,
-    finished: &mut ParseStats,
+    finished: &mut Finished,
     errors: &mut u64,
     said: &mut HashSet<String>,
 ) -> usize {
     let fp = match parsers.entry(chunk.file) {
         Entry::Occupied(e) => e.into_mut(),
         Entry::Vacant(v) => match new_parser(&chunk, logs, errors, said) {
-            Ok(parser) => v.insert(FileParser { parser, reported: ParseStats::default() }),
+            Ok(parser) => {
+                let name = chunk.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                v.insert(FileParser { parser, reported: ParseStats::default(), name })
+            }
             Err(consumed) => return consumed,
         },
     };
@@ -556,7 +674,7 @@ fn consume(
     {
         let mut last = fp.parser.stats().since(&fp.reported);
         last.files += 1;
-        finished.merge(&last);
+        finished.add(&fp.name, &last);
     }
     consumed
 }

@@ -2,7 +2,9 @@
 //! from opentelemetry-proto's service traits and an axum OTLP/HTTP server,
 //! both recording what they accept and answering from a script (ok,
 //! unavailable, throttled, permanent errors). Collector outages are real:
-//! the server is stopped and its port refuses connections.
+//! the server is stopped and its port refuses connections. Both servers
+//! also speak TLS with a self-signed certificate (rcgen), for
+//! `export.ca_file`.
 //!
 //! No sleeping-and-hoping: tests wait for receipts and for the collector's
 //! state with deadlines; waits the exporter must honour are measured.
@@ -318,8 +320,77 @@ mod export {
         task: JoinHandle<()>,
     }
 
+    /// A server certificate and its key, PEM.
+    struct Identity {
+        cert: String,
+        key: String,
+    }
+
+    /// A self-signed certificate for 127.0.0.1 and localhost: a private CA
+    /// of one, trusted by nothing but what is told to trust it.
+    fn self_signed() -> Identity {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        Identity { cert: ck.cert.pem(), key: ck.signing_key.serialize_pem() }
+    }
+
+    /// A TCP listener that hands out TLS streams (axum's HTTP server runs
+    /// on any [`axum::serve::Listener`]). A failed handshake (a client that
+    /// does not trust the certificate) is dropped and the next one accepted.
+    struct TlsListener {
+        tcp: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+    }
+
+    impl TlsListener {
+        fn new(tcp: TcpListener, id: &Identity) -> TlsListener {
+            use tokio_rustls::rustls;
+            use tokio_rustls::rustls::pki_types::pem::PemObject;
+            use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+            let certs = vec![CertificateDer::from_pem_slice(id.cert.as_bytes()).unwrap()];
+            let key = PrivateKeyDer::from_pem_slice(id.key.as_bytes()).unwrap();
+            // The provider explicitly: the process-wide default is not set.
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) }
+        }
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            loop {
+                let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+                if let Ok(tls) = self.acceptor.accept(tcp).await {
+                    return (tls, addr);
+                }
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<SocketAddr> {
+            self.tcp.local_addr()
+        }
+    }
+
     impl Server {
         async fn start(protocol: Protocol, collector: Arc<Collector>, addr: SocketAddr) -> Server {
+            Server::start_with(protocol, collector, addr, None).await
+        }
+
+        /// With `tls`, the server speaks TLS with that identity.
+        async fn start_with(
+            protocol: Protocol,
+            collector: Arc<Collector>,
+            addr: SocketAddr,
+            tls: Option<&Identity>,
+        ) -> Server {
             // Binding the same port again after a stop: tokio sets
             // SO_REUSEADDR on listeners, so TIME_WAIT does not get in the way.
             let listener = TcpListener::bind(addr).await.unwrap();
@@ -333,8 +404,14 @@ mod export {
                     let logs = LogsServiceServer::new(svc)
                         .accept_compressed(CompressionEncoding::Gzip)
                         .send_compressed(CompressionEncoding::Gzip);
+                    let mut builder = tonic::transport::Server::builder();
+                    if let Some(id) = tls {
+                        let identity = tonic::transport::Identity::from_pem(&id.cert, &id.key);
+                        builder =
+                            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).unwrap();
+                    }
                     tokio::spawn(async move {
-                        tonic::transport::Server::builder()
+                        builder
                             .add_service(metrics)
                             .add_service(logs)
                             .serve_with_incoming_shutdown(
@@ -352,14 +429,20 @@ mod export {
                         .route("/v1/metrics", axum::routing::post(http_metrics))
                         .route("/v1/logs", axum::routing::post(http_logs))
                         .with_state(collector);
-                    tokio::spawn(async move {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(async move {
-                                let _ = stopped.await;
+                    let stopped = async move {
+                        let _ = stopped.await;
+                    };
+                    match tls {
+                        Some(id) => {
+                            let listener = TlsListener::new(listener, id);
+                            tokio::spawn(async move {
+                                axum::serve(listener, app).with_graceful_shutdown(stopped).await.unwrap();
                             })
-                            .await
-                            .unwrap();
-                    })
+                        }
+                        None => tokio::spawn(async move {
+                            axum::serve(listener, app).with_graceful_shutdown(stopped).await.unwrap();
+                        }),
+                    }
                 }
             };
             Server { stop, task }
@@ -391,6 +474,7 @@ mod export {
             timeout: Duration::from_secs(5),
             gzip,
             spool_max_bytes,
+            ca_pem: None,
         }
     }
 
@@ -678,5 +762,41 @@ mod export {
             assert_eq!(receipt(&mut rx).await, Receipt { watermark: n, outcome: Outcome::Spooled });
         }
         assert_eq!((c.spooled_batches, c.spool_files, c.batches_acked), (3, 3, 0));
+    }
+
+    /// `export.ca_file`: a collector whose certificate comes from a private
+    /// CA is reached over TLS once its CA is trusted, by both transports;
+    /// without it the handshake fails (a retryable failure: the batch goes
+    /// to the spool) and the collector sees nothing.
+    #[tokio::test]
+    async fn tls_with_a_private_ca_needs_ca_file() {
+        let id = self_signed();
+        for protocol in PROTOCOLS {
+            let collector = Arc::new(Collector::default());
+            let addr = free_addr().await;
+            let server = Server::start_with(protocol, collector.clone(), addr, Some(&id)).await;
+            let mut cfg = config(protocol, addr, true, 1 << 20);
+            cfg.endpoint = format!("https://{addr}");
+
+            let untrusting = tempfile::tempdir().unwrap();
+            let (h, mut rx) = start(&cfg, untrusting.path(), options());
+            submit_all(&h, [0]).await;
+            assert_eq!(receipt(&mut rx).await.outcome, Outcome::Spooled, "{protocol:?} without the CA");
+            let c = h.shutdown().await;
+            assert!(c.retryable_failures >= 1 && c.last_success.is_none(), "{protocol:?}: {c:?}");
+            assert!(collector.seen().is_empty(), "{protocol:?}: a request got through an untrusted TLS server");
+
+            cfg.ca_pem = Some(id.cert.clone().into_bytes());
+            let trusting = tempfile::tempdir().unwrap();
+            let (h, mut rx) = start(&cfg, trusting.path(), options());
+            submit_all(&h, [1]).await;
+            assert_eq!(receipt(&mut rx).await, Receipt { watermark: 1, outcome: Outcome::Acked }, "{protocol:?}");
+            assert_eq!(collector.metrics_numbers(), [1]);
+            assert_eq!(collector.logs_numbers(), [1]);
+            assert_eq!(collector.seen()[0].headers.get("authorization").map(String::as_str), Some(TOKEN));
+            let c = h.shutdown().await;
+            assert_eq!((c.batches_acked, c.retryable_failures), (1, 0), "{protocol:?}");
+            server.stop().await;
+        }
     }
 }

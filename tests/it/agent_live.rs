@@ -9,155 +9,20 @@
 // A test: a failed unwrap is a failed test, with the error.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use prost::Message;
 use querywatch_wire::Observations;
-use tonic::codec::CompressionEncoding;
 
-use crate::support::report::{Input, Key, QueryRow, Report};
-use crate::support::workload::{assert_full_run_agrees, pgss_dump_sql};
+use crate::support::agent::{
+    AgentSetup, Receiver, agent_dsn, fingerprint, pgss_dump, read, report_of, start_agent, wait_exit, wait_for_dump,
+    wait_for_polls, write_agent_config, write_config,
+};
+use crate::support::workload::assert_full_run_agrees;
 use crate::support::{ClusterOptions, PgCluster, skip_pg, workload_dir};
-
-/// Every request as it arrived, re-encoded (gzip is transport only, so
-/// these are the bytes of the messages the agent sent).
-#[derive(Default)]
-struct Seen {
-    metrics: Mutex<Vec<Vec<u8>>>,
-    logs: Mutex<Vec<Vec<u8>>>,
-}
-
-#[derive(Clone)]
-struct Sink(Arc<Seen>);
-
-#[tonic::async_trait]
-impl MetricsService for Sink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0.metrics.lock().unwrap().push(request.into_inner().encode_to_vec());
-        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
-    }
-}
-
-#[tonic::async_trait]
-impl LogsService for Sink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        self.0.logs.lock().unwrap().push(request.into_inner().encode_to_vec());
-        Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: None }))
-    }
-}
-
-/// An OTLP/gRPC receiver on 127.0.0.1:0, on a runtime of its own; stops
-/// when dropped.
-struct Receiver {
-    _rt: tokio::runtime::Runtime,
-    addr: SocketAddr,
-    seen: Arc<Seen>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Seen::default());
-        let sink = Sink(seen.clone());
-        let metrics = MetricsServiceServer::new(sink.clone()).accept_compressed(CompressionEncoding::Gzip);
-        let logs = LogsServiceServer::new(sink).accept_compressed(CompressionEncoding::Gzip);
-        rt.spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(metrics)
-                .add_service(logs)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                .await
-                .unwrap();
-        });
-        Receiver { _rt: rt, addr, seen }
-    }
-
-    /// Everything received so far, decoded and merged.
-    fn observations(&self) -> Observations {
-        let mut all = Observations::default();
-        for bytes in self.seen.metrics.lock().unwrap().iter() {
-            let req = ExportMetricsServiceRequest::decode(&bytes[..]).unwrap();
-            let decoded = querywatch_wire::otlp::decode_metrics(&req).unwrap();
-            for (resource, obs) in decoded.batches {
-                assert_eq!(resource.node, "live-1", "resource of a batch");
-                all.merge(obs);
-            }
-        }
-        all
-    }
-
-    fn all_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for b in self.seen.metrics.lock().unwrap().iter().chain(self.seen.logs.lock().unwrap().iter()) {
-            out.extend_from_slice(b);
-        }
-        out
-    }
-}
-
-/// The merged observations as the report rows `support::compare` reads,
-/// grouped by (fingerprint, database, user) as the collector groups them.
-fn report_of(obs: &Observations) -> Report {
-    let mut rows: BTreeMap<Key, QueryRow> = BTreeMap::new();
-    for (key, s) in &obs.statements {
-        let fp = querywatch_collector::fingerprint::fingerprint(&key.text).to_string();
-        let k = Key { fingerprint: fp.clone(), database: key.database.clone(), user: key.user.clone() };
-        let row = rows.entry(k).or_insert_with(|| QueryRow {
-            fingerprint: fp,
-            query: key.text.clone(),
-            database: Some(key.database.clone()),
-            user: Some(key.user.clone()),
-            calls: 0,
-            total_ms: 0.0,
-            mean_ms: None,
-            min_ms: None,
-            max_ms: None,
-            p50_ms: None,
-            p95_ms: None,
-            p99_ms: None,
-            errors: serde_json::json!({}),
-        });
-        row.calls += s.calls;
-        row.total_ms += s.total.as_secs_f64() * 1e3;
-        let errors = row.errors.as_object_mut().unwrap();
-        for (state, e) in &s.errors {
-            let n = errors.get(state).and_then(serde_json::Value::as_u64).unwrap_or(0) + e.count;
-            errors.insert(state.clone(), n.into());
-        }
-    }
-    Report {
-        queries: rows.into_values().collect(),
-        findings: Vec::new(),
-        input: Input {
-            files: obs.input.files,
-            bytes: obs.input.bytes,
-            lines: obs.input.lines,
-            entries: obs.input.entries,
-            unparsed: obs.input.unparsed,
-        },
-    }
-}
 
 /// The string literals of the workload's SQL files: those of at least 5
 /// characters that do not also occur outside quotes (a literal `'note '`
@@ -188,97 +53,6 @@ fn workload_literals() -> Vec<String> {
     literals.sort();
     literals.dedup();
     literals
-}
-
-fn start_agent(config: &Path, stderr: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_querywatch"))
-        .args(["agent", "--config"])
-        .arg(config)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
-        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
-        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
-        .env_remove("QUERYWATCH_DSN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(stderr).unwrap())
-        .spawn()
-        .expect("starting querywatch agent")
-}
-
-/// Waits for `child` until `deadline`; kills it (and fails) past it.
-fn wait_exit(child: &mut Child, within: Duration, what: &str, stderr: &Path) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: the agent did not exit within {within:?}; stderr:\n{}", read(stderr));
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Writes the agent's config for `cluster` and `receiver` into `dir`;
-/// returns (config path, state dir).
-fn write_config(dir: &Path, cluster: &PgCluster, receiver: &Receiver) -> (PathBuf, PathBuf) {
-    let state_dir = dir.join("state");
-    let config = dir.join("agent.toml");
-    // One format of the three the workload writes, or every statement
-    // would be counted three times.
-    fs::write(
-        &config,
-        format!(
-            "node = \"live-1\"\ncluster = \"it\"\ninterval = \"1s\"\nstate_dir = {state:?}\n\
-             [logs]\ndirectory = {dir:?}\npattern = \"postgresql.csv\"\nstart_at = \"beginning\"\n\
-             [export]\nendpoint = \"http://{addr}\"\n",
-            state = state_dir.display().to_string(),
-            dir = cluster.log_dir().display().to_string(),
-            addr = receiver.addr,
-        ),
-    )
-    .unwrap();
-    (config, state_dir)
-}
-
-/// Waits until the receiver has seen the pg_stat_statements dump, the
-/// workload's last statement: once the agent has exported it, it has
-/// exported everything before it (one file, read in order).
-fn wait_for_dump(receiver: &Receiver, agent: &mut Child, stderr: &Path) -> Observations {
-    let dump_fp = crate::support::pgss::fingerprint_of(&pgss_dump_sql());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let obs = receiver.observations();
-        let seen = obs.statements.iter().any(|(k, s)| {
-            s.calls > 0 && querywatch_collector::fingerprint::fingerprint(&k.text).to_string() == dump_fp
-        });
-        if seen {
-            return obs;
-        }
-        assert!(agent.try_wait().unwrap().is_none(), "the agent exited early; stderr:\n{}", read(stderr));
-        assert!(
-            Instant::now() < deadline,
-            "the receiver did not see the workload's last statement within 60s ({} statements seen); agent \
-             stderr:\n{}",
-            obs.statements.len(),
-            read(stderr)
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Dumps pg_stat_statements after checking nothing was evicted.
-fn pgss_dump(cluster: &PgCluster) -> String {
-    let dealloc = cluster.psql("SELECT dealloc FROM pg_stat_statements_info");
-    assert_eq!(dealloc.trim(), "0", "pg_stat_statements evicted entries");
-    cluster.psql_in("postgres", "postgres", &["-f", &workload_dir().join("pgss-dump.sql").to_string_lossy()])
 }
 
 #[test]
@@ -376,6 +150,13 @@ fn agent_exports_what_pg_stat_statements_counts() {
     let report = report_of(&obs);
     assert_full_run_agrees(&report, &dump, &format!("live agent (logs kept in {})", keep.display()));
 
+    // The agent's own health, in the same export: what it read, by file.
+    let files: Vec<(&str, u64)> = obs.agent.files.iter().map(|(n, r)| (n.as_str(), r.bytes)).collect();
+    assert_eq!(files, [("postgresql.csv", obs.input.bytes)], "bytes read per file");
+    assert_eq!(obs.agent.files["postgresql.csv"].lines, obs.input.lines, "lines read per file");
+    assert!(obs.agent.last_export_unix_s.is_some(), "no last successful export: {:?}", obs.agent);
+    assert_eq!(obs.agent.spool_batches, Some(0), "{:?}", obs.agent);
+
     // The privacy line: no literal of the workload in anything sent.
     let bytes = receiver.all_bytes();
     let literals = workload_literals();
@@ -455,49 +236,27 @@ fn agent_exports_statistics_deltas_with_the_log() {
     );
     let receiver = Receiver::start();
     let work = tempfile::tempdir().unwrap();
-    let state_dir = work.path().join("state");
-    let config = work.path().join("agent.toml");
-    fs::write(
-        &config,
-        format!(
-            "node = \"live-1\"\ncluster = \"it\"\ninterval = \"1s\"\nstate_dir = {state:?}\n\
-             [logs]\ndirectory = {dir:?}\npattern = \"postgresql.csv\"\nstart_at = \"beginning\"\n\
-             [database]\ndsn = \"host={host} port={port} user=querywatch dbname=postgres connect_timeout=5\"\n\
-             statements_interval = \"1s\"\nactivity_interval = \"200ms\"\n\
-             [export]\nendpoint = \"http://{addr}\"\n",
-            state = state_dir.display().to_string(),
-            dir = cluster.log_dir().display().to_string(),
-            host = cluster.host(),
-            port = cluster.port(),
-            addr = receiver.addr,
-        ),
-    )
-    .unwrap();
+    let (config, state_dir) = write_agent_config(
+        work.path(),
+        &AgentSetup {
+            logs: Some((cluster.log_dir(), "postgresql.csv")),
+            dsn: Some(agent_dsn(&cluster)),
+            receiver: &receiver,
+        },
+    );
     let stderr = work.path().join("agent.stderr");
     let mut agent = start_agent(&config, &stderr);
 
     // The poller's first poll is a baseline: wait until it has read
     // pg_stat_statements twice (its own statements are in the view, marked
     // and never reported), so the workload below is in a delta.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let polls = cluster.psql(
-            "SELECT coalesce(max(s.calls), 0) FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid \
-             WHERE r.rolname = 'querywatch' AND s.query LIKE '%querywatch%' AND s.query LIKE '%pg_stat_statements%'",
-        );
-        if polls.trim().parse::<u64>().unwrap_or(0) >= 2 {
-            break;
-        }
-        assert!(agent.try_wait().unwrap().is_none(), "the agent exited early; stderr:\n{}", read(&stderr));
-        assert!(Instant::now() < deadline, "the poller did not poll within 60s; stderr:\n{}", read(&stderr));
-        thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_polls(&cluster, 2, &mut agent, &stderr);
 
     let sql: Vec<String> = (1..=RUNS).map(|i| format!("SELECT count(*) FROM plain WHERE id = {i}")).collect();
     let args: Vec<&str> = sql.iter().flat_map(|s| ["-c", s.as_str()]).collect();
     cluster.psql_in("app", "postgres", &args);
 
-    let fp = querywatch_collector::fingerprint::fingerprint(TEXT).to_string();
+    let fp = fingerprint(TEXT);
     // (statements-source calls, log-source calls, seq scans of public.plain)
     let counts = |obs: &Observations| {
         let pgss: u64 =
@@ -505,9 +264,7 @@ fn agent_exports_statistics_deltas_with_the_log() {
         let log: u64 = obs
             .statements
             .iter()
-            .filter(|(k, _)| {
-                k.user == "app" && querywatch_collector::fingerprint::fingerprint(&k.text).to_string() == fp
-            })
+            .filter(|(k, _)| k.user == "app" && fingerprint(&k.text) == fp)
             .map(|(_, s)| s.calls)
             .sum();
         let scans: u64 = obs

@@ -5,9 +5,11 @@
 //! (`support::PgCluster`); without the server binaries they fail and say to
 //! run `scripts/deps.sh`, unless `QUERYWATCH_SKIP_PG=1`.
 
+mod agent_faults;
 mod agent_live;
 mod analyze_pg;
 mod check;
+mod collector_e2e;
 mod formats;
 mod stats_poll;
 mod support;

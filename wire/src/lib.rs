@@ -10,9 +10,11 @@
 //! - [`stats`] — per-statement statistics and the slowest sample.
 //! - [`observations`] — everything one agent saw in one interval (or one log file).
 //! - [`dbstats`] — the statistics poller's deltas (pg_stat_statements, tables, activity samples).
+//! - [`health`] — the agent's own health (reads per file, export, spool, poller connection).
 //! - [`otlp`] — [`Observations`] as OTLP metrics and logs, and back (the live agent → collector path).
 
 pub mod dbstats;
+pub mod health;
 pub mod histogram;
 pub mod names;
 pub mod observations;
@@ -20,6 +22,7 @@ pub mod otlp;
 pub mod stats;
 
 pub use dbstats::DbStats;
+pub use health::AgentHealth;
 pub use histogram::LatencyHistogram;
 pub use observations::{Observations, StatementKey};
 pub use stats::{Sample, StatementStats};

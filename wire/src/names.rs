@@ -57,6 +57,14 @@ pub const QW_LOCK_OBJECT: &str = "querywatch.lock.object";
 pub const QW_OVERFLOW_KIND: &str = "querywatch.overflow.kind";
 pub const QW_OVERFLOW_STATEMENTS: &str = "statements";
 pub const QW_OVERFLOW_LOCKS: &str = "locks";
+/// Name (not path) of a log file the agent read, or [`OVERFLOW_TEXT`] for
+/// the files past the per-interval cap (`health::MAX_FILES`).
+pub const QW_LOG_FILE: &str = "querywatch.log.file";
+/// Class of a failed export (one of the `QW_FAILURE_*` values).
+pub const QW_FAILURE_CLASS: &str = "querywatch.failure.class";
+pub const QW_FAILURE_RETRYABLE: &str = "retryable";
+pub const QW_FAILURE_THROTTLED: &str = "throttled";
+pub const QW_FAILURE_PERMANENT: &str = "permanent";
 /// Duration of the sampled execution, in milliseconds (double).
 pub const QW_DURATION_MS: &str = "querywatch.duration_ms";
 /// Masked plan of the slowest planned execution, its format (`json` | `text`),
@@ -125,6 +133,25 @@ pub const METRIC_AGENT_UNATTRIBUTED_DURATIONS: &str = "querywatch.agent.unattrib
 pub const METRIC_AGENT_UNREADABLE_FILES: &str = "querywatch.agent.unreadable_files";
 /// Calls / lock events folded into an overflow bucket, by [`QW_OVERFLOW_KIND`].
 pub const METRIC_AGENT_OVERFLOW: &str = "querywatch.agent.overflow";
+/// The agent's health beyond its input (`health::AgentHealth`): reads per
+/// log file (by [`QW_LOG_FILE`]), export failures (by [`QW_FAILURE_CLASS`]),
+/// retries, the spool, the last successful export, the statistics poller's
+/// connection. Sums (DELTA) unless said otherwise.
+pub const METRIC_AGENT_FILE_BYTES_READ: &str = "querywatch.agent.file.bytes_read";
+pub const METRIC_AGENT_FILE_LINES_READ: &str = "querywatch.agent.file.lines_read";
+pub const METRIC_AGENT_EXPORT_FAILURES: &str = "querywatch.agent.export.failures";
+pub const METRIC_AGENT_EXPORT_RETRIES: &str = "querywatch.agent.export.retries";
+/// Gauge, Unix seconds.
+pub const METRIC_AGENT_EXPORT_LAST_SUCCESS: &str = "querywatch.agent.export.last_success";
+pub const METRIC_AGENT_SPOOL_DROPPED_BATCHES: &str = "querywatch.agent.spool.dropped_batches";
+pub const METRIC_AGENT_SPOOL_DROPPED_BYTES: &str = "querywatch.agent.spool.dropped_bytes";
+/// Gauges: the spool at the interval's end.
+pub const METRIC_AGENT_SPOOL_BATCHES: &str = "querywatch.agent.spool.batches";
+pub const METRIC_AGENT_SPOOL_SIZE: &str = "querywatch.agent.spool.size";
+pub const METRIC_AGENT_POLLER_RECONNECTS: &str = "querywatch.agent.poller.reconnects";
+pub const METRIC_AGENT_POLLER_CONNECT_FAILURES: &str = "querywatch.agent.poller.connect_failures";
+pub const METRIC_AGENT_POLLER_CONNECTIONS_LOST: &str = "querywatch.agent.poller.connections_lost";
+pub const METRIC_AGENT_POLLER_POLL_FAILURES: &str = "querywatch.agent.poller.poll_failures";
 
 // --- Log events -----------------------------------------------------------
 

@@ -6,6 +6,7 @@
 //! `overflow_*`, never silently dropped.
 
 use crate::dbstats::DbStats;
+use crate::health::AgentHealth;
 use crate::stats::{EpochMillis, StatementStats};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -127,6 +128,8 @@ pub struct Observations {
     /// What the statistics poller saw (pg_stat_statements, table
     /// statistics, activity samples); empty for the log source.
     pub db: DbStats,
+    /// The agent's own health in the interval (default for `analyze`).
+    pub agent: AgentHealth,
     /// Earliest and latest timestamp seen.
     pub first_seen: Option<EpochMillis>,
     pub last_seen: Option<EpochMillis>,
@@ -159,6 +162,7 @@ impl Observations {
         }
         self.input.merge(&other.input);
         self.db.merge(other.db);
+        self.agent.merge(&other.agent);
         self.first_seen = min_opt(self.first_seen, other.first_seen);
         self.last_seen = max_opt(self.last_seen, other.last_seen);
     }

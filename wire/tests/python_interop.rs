@@ -100,6 +100,14 @@ fn observations() -> Observations {
     obs.classes.insert("duration", 4);
     obs.input.bytes = 4096;
     obs.input.lines = 40;
+    // The agent's own health: per-file reads, failures by class, gauges.
+    obs.agent.files.insert("postgresql.csv".into(), querywatch_wire::health::FileRead { bytes: 4096, lines: 40 });
+    obs.agent.export_retryable_failures = 2;
+    obs.agent.export_retries = 2;
+    obs.agent.spool_batches = Some(1);
+    obs.agent.spool_bytes = Some(2048);
+    obs.agent.last_export_unix_s = Some(1_700_000_009);
+    obs.agent.poller_reconnects = 1;
     obs
 }
 
@@ -352,6 +360,19 @@ fn python_reads_our_metrics_field_by_field() {
         ("querywatch.agent.lines_read", "sum"),
         ("querywatch.agent.parse_failures", "sum"),
         ("querywatch.agent.overflow", "sum"),
+        ("querywatch.agent.file.bytes_read", "sum"),
+        ("querywatch.agent.file.lines_read", "sum"),
+        ("querywatch.agent.export.failures", "sum"),
+        ("querywatch.agent.export.retries", "sum"),
+        ("querywatch.agent.spool.dropped_batches", "sum"),
+        ("querywatch.agent.spool.dropped_bytes", "sum"),
+        ("querywatch.agent.poller.reconnects", "sum"),
+        ("querywatch.agent.poller.connect_failures", "sum"),
+        ("querywatch.agent.poller.connections_lost", "sum"),
+        ("querywatch.agent.poller.poll_failures", "sum"),
+        ("querywatch.agent.spool.batches", "gauge"),
+        ("querywatch.agent.spool.size", "gauge"),
+        ("querywatch.agent.export.last_success", "gauge"),
     ] {
         let m = by_name(name);
         assert_eq!(m["kind"], kind, "{name}");
@@ -370,6 +391,18 @@ fn python_reads_our_metrics_field_by_field() {
     assert_eq!(attr(&w["attributes"], "querywatch.lock.mode"), &json!({"string": "ShareLock"}));
     assert_eq!(f64_of(&w["value"]["double"]), 1.2);
     assert_eq!(by_name("querywatch.agent.bytes_read")["points"][0]["value"], json!({"int": 4096}));
+    let f = &by_name("querywatch.agent.file.bytes_read")["points"][0];
+    assert_eq!(attr(&f["attributes"], "querywatch.log.file"), &json!({"string": "postgresql.csv"}));
+    assert_eq!(f["value"], json!({"int": 4096}));
+    let failures = by_name("querywatch.agent.export.failures")["points"].as_array().unwrap();
+    let retryable = failures
+        .iter()
+        .find(|p| attr(&p["attributes"], "querywatch.failure.class") == &json!({"string": "retryable"}))
+        .unwrap();
+    assert_eq!(retryable["value"], json!({"int": 2}));
+    assert_eq!(by_name("querywatch.agent.spool.size")["points"][0]["value"], json!({"int": 2048}));
+    assert_eq!(by_name("querywatch.agent.export.last_success")["points"][0]["value"], json!({"int": 1_700_000_009}));
+    assert_eq!(by_name("querywatch.agent.poller.reconnects")["points"][0]["value"], json!({"int": 1}));
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub struct ExportHealth {
     pub(crate) batches_acked: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) retryable_failures: AtomicU64,
     pub(crate) throttled: AtomicU64,
     pub(crate) permanent_failures: AtomicU64,
     pub(crate) rejected_data_points: AtomicU64,
@@ -44,6 +45,9 @@ pub struct ExportCounters {
     pub requests: u64,
     /// Attempts scheduled again after a retryable or throttled failure.
     pub retries: u64,
+    /// Attempts that failed in a way that may succeed later (unreachable,
+    /// timeout, UNAVAILABLE, HTTP 5xx …), whether retried or spooled.
+    pub retryable_failures: u64,
     /// Failures where the collector asked us to slow down (RESOURCE_EXHAUSTED
     /// with RetryInfo, HTTP 429/503 with Retry-After).
     pub throttled: u64,
@@ -94,6 +98,7 @@ impl ExportHealth {
             batches_acked: g(&self.batches_acked),
             requests: g(&self.requests),
             retries: g(&self.retries),
+            retryable_failures: g(&self.retryable_failures),
             throttled: g(&self.throttled),
             permanent_failures: g(&self.permanent_failures),
             rejected_data_points: g(&self.rejected_data_points),

@@ -134,6 +134,8 @@ pub enum ExportError {
     Header { name: String, reason: String },
     #[error("cannot set up the HTTP client: {0}")]
     HttpClient(String),
+    #[error("export.ca_file: not usable as CA certificates: {0}")]
+    CaFile(String),
     #[error("spool directory {path}: {source} (is state_dir writable?)")]
     Spool { path: PathBuf, source: std::io::Error },
 }
@@ -423,7 +425,10 @@ impl Exporter {
                     ExportHealth::add(&self.health.throttled, 1);
                     *delay
                 }
-                _ => backoff.next_delay(),
+                _ => {
+                    ExportHealth::add(&self.health.retryable_failures, 1);
+                    backoff.next_delay()
+                }
             };
             if shutdown.fired() || Instant::now() + wait > give_up_at {
                 self.schedule_drain(&failure);
@@ -549,6 +554,8 @@ impl Exporter {
                 }
                 if matches!(failure, Failure::Throttled { .. }) {
                     ExportHealth::add(&self.health.throttled, 1);
+                } else {
+                    ExportHealth::add(&self.health.retryable_failures, 1);
                 }
                 ExportHealth::add(&self.health.retries, 1);
                 self.schedule_drain(&failure);

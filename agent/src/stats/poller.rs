@@ -97,6 +97,9 @@ pub struct PollerHealth {
     /// Polls that failed (query errors, timeouts; not connection attempts).
     pub poll_failures: AtomicU64,
     pub connects: AtomicU64,
+    /// Connections established again, by a connection (one per database,
+    /// one for activity sampling) that had one before.
+    pub reconnects: AtomicU64,
     pub connect_failures: AtomicU64,
     /// Established connections that broke.
     pub connections_lost: AtomicU64,
@@ -248,6 +251,8 @@ struct DbConn {
     retry_at: Option<Instant>,
     /// An outage was reported and recovery not yet.
     down_reported: bool,
+    /// A session was established before: the next one is a reconnect.
+    connected_before: bool,
     tables_prev: Option<TableSnapshot>,
 }
 
@@ -260,6 +265,7 @@ impl DbConn {
             backoff: Backoff::new(pc.backoff_initial, pc.backoff_max),
             retry_at: None,
             down_reported: false,
+            connected_before: false,
             tables_prev: None,
         }
     }
@@ -276,6 +282,10 @@ impl DbConn {
             match self.connect(notices, timeout).await {
                 Ok(session) => {
                     PollerHealth::add(&health.connects, 1);
+                    if self.connected_before {
+                        PollerHealth::add(&health.reconnects, 1);
+                    }
+                    self.connected_before = true;
                     if self.down_reported {
                         let failures = self.backoff.failures();
                         let after =

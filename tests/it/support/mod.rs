@@ -1,10 +1,12 @@
 //! Shared helpers of the integration tests (one test binary, `tests/it`).
 //!
+//! - [`agent`]: the real `querywatch agent`, its config and an OTLP/gRPC receiver.
 //! - [`cluster`]: throwaway PostgreSQL clusters ([`PgCluster`]).
 //! - [`report`]: running `querywatch analyze --format json` and its report.
 //! - [`pgss`]: pg_stat_statements dumps, grouped by querywatch fingerprint.
 //! - [`compare`]: report versus pg_stat_statements, with the tolerance.
 
+pub mod agent;
 pub mod cluster;
 pub mod compare;
 pub mod pgss;

@@ -3,12 +3,15 @@
 //! One resource (the agent), one scope (`querywatch`), one metric per name;
 //! data points sorted by their key so that equal input gives equal bytes.
 //! Every sum is monotonic with DELTA temporality: the agent sends what
-//! happened in the interval and the collector adds (DESIGN.md).
+//! happened in the interval and the collector adds (DESIGN.md). Gauges
+//! (table size, longest lock wait, the agent's spool and last export) are
+//! the state at the interval's end.
 
 use super::attrs::{self, kv_bool, kv_str};
 use super::expo;
 use super::{DecodeError, Decoded, ResourceInfo, scope};
 use crate::dbstats::{ActivityKey, DbStats, PgssDelta, PgssKey, TableDelta, TableKey};
+use crate::health::AgentHealth;
 use crate::names;
 use crate::observations::{InputStats, LockKey, Observations};
 use crate::stats::{EpochMillis, StatementStats};
@@ -194,6 +197,87 @@ const TABLE_COUNTERS: &[Field<TableDelta>] = &[
         description: "Heap blocks of a relation found in shared buffers.",
         get: |d| d.heap_blks_hit,
         get_mut: |d| &mut d.heap_blks_hit,
+    },
+];
+
+/// The agent's health counters without attributes (always sent, zero
+/// included: "nothing failed" is news too). Export failures (by class),
+/// per-file reads and the gauges are handled on their own.
+const AGENT_COUNTERS: &[Field<AgentHealth>] = &[
+    Field {
+        name: names::METRIC_AGENT_EXPORT_RETRIES,
+        unit: "{retry}",
+        description: "Export attempts scheduled again after a retryable or throttled failure.",
+        get: |h| h.export_retries,
+        get_mut: |h| &mut h.export_retries,
+    },
+    Field {
+        name: names::METRIC_AGENT_SPOOL_DROPPED_BATCHES,
+        unit: "{batch}",
+        description: "Batches dropped unsent: past the spool's bound (oldest first), or larger than it.",
+        get: |h| h.spool_dropped_batches,
+        get_mut: |h| &mut h.spool_dropped_batches,
+    },
+    Field {
+        name: names::METRIC_AGENT_SPOOL_DROPPED_BYTES,
+        unit: "By",
+        description: "Bytes of the batches dropped unsent.",
+        get: |h| h.spool_dropped_bytes,
+        get_mut: |h| &mut h.spool_dropped_bytes,
+    },
+    Field {
+        name: names::METRIC_AGENT_POLLER_RECONNECTS,
+        unit: "{connection}",
+        description: "Statistics poller connections established again after a lost one.",
+        get: |h| h.poller_reconnects,
+        get_mut: |h| &mut h.poller_reconnects,
+    },
+    Field {
+        name: names::METRIC_AGENT_POLLER_CONNECT_FAILURES,
+        unit: "{attempt}",
+        description: "Statistics poller connection attempts that failed.",
+        get: |h| h.poller_connect_failures,
+        get_mut: |h| &mut h.poller_connect_failures,
+    },
+    Field {
+        name: names::METRIC_AGENT_POLLER_CONNECTIONS_LOST,
+        unit: "{connection}",
+        description: "Statistics poller connections that broke.",
+        get: |h| h.poller_connections_lost,
+        get_mut: |h| &mut h.poller_connections_lost,
+    },
+    Field {
+        name: names::METRIC_AGENT_POLLER_POLL_FAILURES,
+        unit: "{poll}",
+        description: "Statistics poller polls that failed (query errors, timeouts).",
+        get: |h| h.poller_poll_failures,
+        get_mut: |h| &mut h.poller_poll_failures,
+    },
+];
+
+/// An export failure class: the `querywatch.failure.class` value and the
+/// field that counts it.
+struct FailureClass {
+    class: &'static str,
+    get: fn(&AgentHealth) -> u64,
+    get_mut: fn(&mut AgentHealth) -> &mut u64,
+}
+
+const FAILURE_CLASSES: &[FailureClass] = &[
+    FailureClass {
+        class: names::QW_FAILURE_RETRYABLE,
+        get: |h| h.export_retryable_failures,
+        get_mut: |h| &mut h.export_retryable_failures,
+    },
+    FailureClass {
+        class: names::QW_FAILURE_THROTTLED,
+        get: |h| h.export_throttled,
+        get_mut: |h| &mut h.export_throttled,
+    },
+    FailureClass {
+        class: names::QW_FAILURE_PERMANENT,
+        get: |h| h.export_permanent_failures,
+        get_mut: |h| &mut h.export_permanent_failures,
     },
 ];
 
@@ -383,6 +467,45 @@ fn encode_db(db: &DbStats, p: &Points, metrics: &mut Vec<Metric>) {
     );
 }
 
+/// The agent's own health ([`AgentHealth`]).
+fn encode_agent(h: &AgentHealth, p: &Points, metrics: &mut Vec<Metric>) {
+    let (mut bytes, mut lines) = (Vec::new(), Vec::new());
+    for (name, r) in &h.files {
+        let a = vec![kv_str(names::QW_LOG_FILE, name)];
+        bytes.push(p.count(a.clone(), r.bytes));
+        lines.push(p.count(a, r.lines));
+    }
+    push_sum(metrics, names::METRIC_AGENT_FILE_BYTES_READ, "By", "Log bytes read, per file name.", bytes);
+    push_sum(metrics, names::METRIC_AGENT_FILE_LINES_READ, "{line}", "Log lines read, per file name.", lines);
+    let failures = FAILURE_CLASSES.iter().map(|f| p.count(vec![kv_str(names::QW_FAILURE_CLASS, f.class)], (f.get)(h)));
+    push_sum(
+        metrics,
+        names::METRIC_AGENT_EXPORT_FAILURES,
+        "{failure}",
+        "Failed exports by class: retryable attempts, throttled attempts, batches refused for good.",
+        failures.collect(),
+    );
+    for f in AGENT_COUNTERS {
+        push_sum(metrics, f.name, f.unit, f.description, vec![p.count(Vec::new(), (f.get)(h))]);
+    }
+    let gauges = [
+        (names::METRIC_AGENT_SPOOL_BATCHES, "{batch}", "Batches waiting in the on-disk spool.", h.spool_batches),
+        (names::METRIC_AGENT_SPOOL_SIZE, "By", "Bytes of the on-disk spool.", h.spool_bytes),
+        (
+            names::METRIC_AGENT_EXPORT_LAST_SUCCESS,
+            "s",
+            "When the collector last accepted a request, in Unix seconds.",
+            h.last_export_unix_s,
+        ),
+    ];
+    for (name, unit, description, v) in gauges {
+        if let Some(v) = v {
+            let data = Data::Gauge(Gauge { data_points: vec![p.count(Vec::new(), v)] });
+            metrics.push(metric(name, unit, description, data));
+        }
+    }
+}
+
 /// Everything in `obs` as OTLP metrics from `resource`, for the interval
 /// `(start, end)` in Unix nanoseconds (the data points' start and time).
 pub fn encode_metrics(
@@ -530,6 +653,7 @@ pub fn encode_metrics(
         "Calls and lock events folded into an overflow bucket.",
         overflow,
     );
+    encode_agent(&obs.agent, &p, &mut metrics);
 
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
@@ -731,8 +855,57 @@ fn decode_metric(m: &Metric, obs: &mut Observations, n: &mut Tally) -> Result<()
                 n.ours += 1;
             }
         }
+        names::METRIC_AGENT_FILE_BYTES_READ | names::METRIC_AGENT_FILE_LINES_READ => {
+            for p in delta_sum_points(m)? {
+                let file = attrs::req_str(&p.attributes, names::QW_LOG_FILE, item)?;
+                let v = count(item, p)?;
+                let r = obs.agent.files.entry(file.to_owned()).or_default();
+                let c = match item {
+                    names::METRIC_AGENT_FILE_BYTES_READ => &mut r.bytes,
+                    _ => &mut r.lines,
+                };
+                *c = c.saturating_add(v);
+                n.ours += 1;
+            }
+        }
+        names::METRIC_AGENT_EXPORT_FAILURES => {
+            for p in delta_sum_points(m)? {
+                let class = attrs::req_str(&p.attributes, names::QW_FAILURE_CLASS, item)?;
+                let v = count(item, p)?;
+                // A class this decoder does not know (a newer agent's) is
+                // not ours to fold into another.
+                let Some(f) = FAILURE_CLASSES.iter().find(|f| f.class == class) else {
+                    n.ignored += 1;
+                    continue;
+                };
+                let c = (f.get_mut)(&mut obs.agent);
+                *c = c.saturating_add(v);
+                n.ours += 1;
+            }
+        }
+        names::METRIC_AGENT_SPOOL_BATCHES
+        | names::METRIC_AGENT_SPOOL_SIZE
+        | names::METRIC_AGENT_EXPORT_LAST_SUCCESS => {
+            for p in gauge_points(m)? {
+                let v = count(item, p)?;
+                let h = &mut obs.agent;
+                match item {
+                    names::METRIC_AGENT_SPOOL_BATCHES => h.spool_batches = Some(v),
+                    names::METRIC_AGENT_SPOOL_SIZE => h.spool_bytes = Some(v),
+                    _ => h.last_export_unix_s = h.last_export_unix_s.max(Some(v)),
+                }
+                n.ours += 1;
+            }
+        }
         _ => {
-            if let Some(c) = INPUT_COUNTERS.iter().find(|c| c.name == item) {
+            if let Some(f) = AGENT_COUNTERS.iter().find(|f| f.name == item) {
+                for p in delta_sum_points(m)? {
+                    let v = count(item, p)?;
+                    let c = (f.get_mut)(&mut obs.agent);
+                    *c = c.saturating_add(v);
+                    n.ours += 1;
+                }
+            } else if let Some(c) = INPUT_COUNTERS.iter().find(|c| c.name == item) {
                 for p in delta_sum_points(m)? {
                     *(c.get_mut)(&mut obs.input) += count(item, p)?;
                     n.ours += 1;

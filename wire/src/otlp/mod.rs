@@ -10,7 +10,10 @@
 //!   `querywatch.statement.*` with `querywatch.source=statements`, the
 //!   `querywatch.queryid` (string) and `querywatch.toplevel` (bool);
 //!   `querywatch.table.*` per relation (plus the `querywatch.table.size`
-//!   gauge); `querywatch.activity.samples`.
+//!   gauge); `querywatch.activity.samples`. The agent's own health
+//!   ([`crate::health`]) travels as `querywatch.agent.*` DELTA sums (reads
+//!   per file, export failures by class, retries, spool drops, the poller's
+//!   connection) and gauges (spool size and batches, last successful export).
 //! - [`encode_logs`] / [`decode_logs`]: the slowest execution (and plan) of
 //!   each statement as a `querywatch.query.sample` log record, and the first
 //!   message of each error kind as `querywatch.query.error`.

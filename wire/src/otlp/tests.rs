@@ -98,9 +98,34 @@ fn observations() -> Observations {
         unattributed_durations: 5,
         unreadable_files: 0,
     };
+    obs.agent = agent_health();
     obs.first_seen = Some(T0);
     obs.last_seen = Some(T0 + 5);
     obs
+}
+
+/// Every field of the agent's health set, each to a different value.
+fn agent_health() -> crate::health::AgentHealth {
+    use crate::health::{AgentHealth, FileRead};
+    let mut h = AgentHealth {
+        export_retryable_failures: 3,
+        export_throttled: 2,
+        export_permanent_failures: 1,
+        export_retries: 5,
+        spool_dropped_batches: 4,
+        spool_dropped_bytes: 40_960,
+        spool_batches: Some(6),
+        spool_bytes: Some(61_440),
+        last_export_unix_s: Some(1_700_000_009),
+        poller_reconnects: 7,
+        poller_connect_failures: 8,
+        poller_connections_lost: 9,
+        poller_poll_failures: 10,
+        ..AgentHealth::default()
+    };
+    h.files.insert("postgresql-2026-11-24_120000.csv".into(), FileRead { bytes: 100_000, lines: 900 });
+    h.files.insert("postgresql-2026-11-24_120100.csv".into(), FileRead { bytes: 23_456, lines: 0 });
+    h
 }
 
 /// Decodes both requests and merges them per node, as the collector will.
@@ -224,6 +249,19 @@ fn metric_names_types_and_temporality() {
             ("querywatch.agent.unattributed_durations", "{entry}", "sum"),
             ("querywatch.agent.unreadable_files", "{file}", "sum"),
             ("querywatch.agent.overflow", "{event}", "sum"),
+            ("querywatch.agent.file.bytes_read", "By", "sum"),
+            ("querywatch.agent.file.lines_read", "{line}", "sum"),
+            ("querywatch.agent.export.failures", "{failure}", "sum"),
+            ("querywatch.agent.export.retries", "{retry}", "sum"),
+            ("querywatch.agent.spool.dropped_batches", "{batch}", "sum"),
+            ("querywatch.agent.spool.dropped_bytes", "By", "sum"),
+            ("querywatch.agent.poller.reconnects", "{connection}", "sum"),
+            ("querywatch.agent.poller.connect_failures", "{attempt}", "sum"),
+            ("querywatch.agent.poller.connections_lost", "{connection}", "sum"),
+            ("querywatch.agent.poller.poll_failures", "{poll}", "sum"),
+            ("querywatch.agent.spool.batches", "{batch}", "gauge"),
+            ("querywatch.agent.spool.size", "By", "gauge"),
+            ("querywatch.agent.export.last_success", "s", "gauge"),
         ]
     );
 }
@@ -384,6 +422,7 @@ fn everything_survives_encode_and_decode() {
     assert_eq!((back.unattributed_temp_files, back.unattributed_temp_bytes), (2, 1 << 20));
     assert_eq!(back.classes, obs.classes);
     assert_eq!(back.input, obs.input);
+    assert_eq!(back.agent, obs.agent);
     // Times become the interval's (ms), the documented loss.
     let interval_ms = (Some(1_700_000_000_000), Some(1_700_000_010_000));
     assert_eq!((back.first_seen, back.last_seen), interval_ms);
@@ -394,10 +433,13 @@ fn everything_survives_encode_and_decode() {
 #[test]
 fn empty_observations_still_report_health() {
     let req = encode_metrics(&Observations::default(), &resource(), INTERVAL);
-    assert_eq!(req.resource_metrics[0].scope_metrics[0].metrics.len(), 10, "9 input counters + overflow");
+    // 9 input counters, overflow, export failures (3 classes), 7 more
+    // agent counters; no per-file points and no gauges without values.
+    assert_eq!(req.resource_metrics[0].scope_metrics[0].metrics.len(), 18);
     let d = decode_metrics(&req).unwrap();
     assert_eq!(d.batches.len(), 1);
     assert!(d.batches[0].1.statements.is_empty());
+    assert_eq!(d.batches[0].1.agent, crate::health::AgentHealth::default());
     let logs = encode_logs(&Observations::default(), &resource(), INTERVAL);
     assert!(logs.resource_logs[0].scope_logs[0].log_records.is_empty());
     assert!(decode_logs(&logs).unwrap().batches.is_empty());
@@ -891,4 +933,105 @@ fn db_statistics_merge_before_or_after_decoding_alike() {
     let (_, before) = round_trip(&merged);
     assert_eq!(after.db, before.db);
     assert_eq!(before.db.statements.values().map(|d| d.calls).sum::<u64>(), 74);
+}
+
+// --- The agent's health ----------------------------------------------------------
+
+#[test]
+fn agent_health_points_carry_their_attributes() {
+    let req = encode_metrics(&observations(), &resource(), INTERVAL);
+    let sum_points = |name: &str| match &find(&req, name).data {
+        Some(Data::Sum(s)) => s
+            .data_points
+            .iter()
+            .map(|p| {
+                let Some(number_data_point::Value::AsInt(v)) = p.value else { panic!("{name}: {p:?}") };
+                (str_attrs(&p.attributes), v)
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("{name}: {other:?}"),
+    };
+    let file = |f: &str| pairs(&[("querywatch.log.file", f)]);
+    assert_eq!(
+        sum_points(names::METRIC_AGENT_FILE_BYTES_READ),
+        [(file("postgresql-2026-11-24_120000.csv"), 100_000), (file("postgresql-2026-11-24_120100.csv"), 23_456)]
+    );
+    let class = |c: &str| pairs(&[("querywatch.failure.class", c)]);
+    assert_eq!(
+        sum_points(names::METRIC_AGENT_EXPORT_FAILURES),
+        [(class("retryable"), 3), (class("throttled"), 2), (class("permanent"), 1)]
+    );
+    assert_eq!(sum_points(names::METRIC_AGENT_POLLER_RECONNECTS), [(vec![], 7)]);
+    let Some(Data::Gauge(g)) = &find(&req, names::METRIC_AGENT_EXPORT_LAST_SUCCESS).data else { panic!() };
+    assert_eq!(g.data_points[0].value, Some(number_data_point::Value::AsInt(1_700_000_009)));
+}
+
+#[test]
+fn agent_health_merges_before_or_after_decoding_alike() {
+    let (a, mut b) = (agent_health(), agent_health());
+    b.spool_batches = Some(0);
+    b.spool_bytes = None;
+    b.last_export_unix_s = Some(1_700_000_019);
+    b.files.insert("postgresql-2026-11-24_120200.csv".into(), crate::health::FileRead { bytes: 1, lines: 1 });
+    let obs = |h: &crate::health::AgentHealth| Observations { agent: h.clone(), ..Observations::default() };
+    let mut merged = a.clone();
+    merged.merge(&b);
+    let mut decoded = round_trip(&obs(&a)).1;
+    decoded.merge(round_trip(&obs(&b)).1);
+    assert_eq!(decoded.agent, merged);
+    assert_eq!(merged.spool_batches, Some(0));
+    assert_eq!(merged.spool_bytes, Some(61_440));
+    assert_eq!(merged.last_export_unix_s, Some(1_700_000_019));
+    assert_eq!(merged.export_retries, 10);
+}
+
+#[test]
+fn agent_health_of_another_kind_is_ignored_and_bad_points_rejected() {
+    let point = |attrs: Vec<KeyValue>, v: number_data_point::Value| NumberDataPoint {
+        attributes: attrs,
+        value: Some(v),
+        ..Default::default()
+    };
+    let class = |c: &str| {
+        vec![KeyValue {
+            key: names::QW_FAILURE_CLASS.into(),
+            value: Some(AnyValue { value: Some(Value::StringValue(c.into())) }),
+            key_strindex: 0,
+        }]
+    };
+    let sum = |name: &str, points: Vec<NumberDataPoint>| Metric {
+        name: name.into(),
+        data: Some(Data::Sum(Sum {
+            data_points: points,
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    };
+    let request = |metrics: Vec<Metric>| {
+        let mut req = encode_metrics(&Observations::default(), &resource(), INTERVAL);
+        req.resource_metrics[0].scope_metrics[0].metrics = metrics;
+        req
+    };
+    let int = number_data_point::Value::AsInt;
+    // A failure class from a newer agent: skipped and counted, the rest kept.
+    let d = decode_metrics(&request(vec![sum(
+        names::METRIC_AGENT_EXPORT_FAILURES,
+        vec![point(class("retryable"), int(2)), point(class("cosmic_ray"), int(1))],
+    )]))
+    .unwrap();
+    assert_eq!((d.ignored, d.batches[0].1.agent.export_retryable_failures), (1, 2));
+    // Claims to be ours but is not valid: an error naming the metric.
+    let bad = [
+        sum(names::METRIC_AGENT_FILE_BYTES_READ, vec![point(vec![], int(1))]),
+        sum(names::METRIC_AGENT_POLLER_RECONNECTS, vec![point(vec![], int(-1))]),
+        sum(names::METRIC_AGENT_EXPORT_RETRIES, vec![point(vec![], number_data_point::Value::AsDouble(1.0))]),
+        gauge_metric(names::METRIC_AGENT_EXPORT_RETRIES, 1),
+        sum(names::METRIC_AGENT_SPOOL_SIZE, vec![point(vec![], int(1))]),
+    ];
+    for m in bad {
+        let name = m.name.clone();
+        let e = decode_metrics(&request(vec![m])).unwrap_err();
+        assert!(e.to_string().contains(&name), "{name}: {e}");
+    }
 }

@@ -1,0 +1,444 @@
+//! `/metrics`: the Prometheus text exposition of the collector.
+//!
+//! - Counters since start from [`Totals`](crate::totals::Totals): per
+//!   (fingerprint, node) calls, time, rows, errors and a latency histogram
+//!   with buckets for SQL latencies — only for the admitted top
+//!   fingerprints, the rest in `fingerprint="other"`; per relation scans and
+//!   tuples (capped); per node time, calls, batches and the agents' own
+//!   input and health counters.
+//! - Gauges over the detection window: each partition's share of its
+//!   parent's load, each parent's skew ratio, each node's share of the
+//!   cluster's database time.
+//! - One `querywatch_finding` series per open finding.
+//! - The collector's own health: ingest by transport, rejects by reason,
+//!   queue, store size, caps' overflow, fingerprint cache.
+//!
+//! Label cardinality is bounded by `[store] metrics_fingerprints` ×
+//! nodes, `metrics_relations`, and the open-findings cap.
+
+use crate::serve::{Shared, lock};
+use crate::totals::{LATENCY_BUCKETS, SeriesFingerprint};
+use querywatch_wire::stats::EpochMillis;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+/// Escapes a label value (backslash, double quote, newline).
+fn esc(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Writes `# HELP` and `# TYPE` once per metric family.
+struct Out {
+    text: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"{}\"", esc(v));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // counters exposed as floats, as Prometheus stores them
+fn f(v: u64) -> f64 {
+    v as f64
+}
+
+/// Shortens a statement text for the `querywatch_query_info` label.
+fn label_text(t: &str) -> String {
+    let flat: String = t.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= 200 { flat } else { flat.chars().take(197).collect::<String>() + "..." }
+}
+
+/// The whole exposition.
+pub fn render(s: &Shared, now: EpochMillis) -> String {
+    let mut o = Out { text: String::with_capacity(64 * 1024) };
+    {
+        let w = lock(&s.windows);
+        let t = &w.totals;
+        let mut q: Vec<_> = t.queries.iter().collect();
+        q.sort_by(|a, b| a.0.cmp(b.0));
+        let fp_label = |k: &SeriesFingerprint| match k {
+            SeriesFingerprint::One(fp) => fp.to_string(),
+            SeriesFingerprint::Other => "other".to_owned(),
+        };
+        type Field = fn(&crate::totals::QueryTotals) -> f64;
+        let counters: [(&str, &str, Field); 7] = [
+            (
+                "querywatch_query_calls_total",
+                "Executions (pg_stat_statements' count when the statistics source has it, else logged ones).",
+                |x| f(x.calls),
+            ),
+            ("querywatch_query_time_seconds_total", "Database time (execution + planning).", |x| x.time),
+            ("querywatch_query_rows_total", "Rows returned or affected.", |x| f(x.rows)),
+            ("querywatch_query_errors_total", "Executions that ended in an error.", |x| f(x.errors)),
+            ("querywatch_query_temp_bytes_total", "Bytes written to temporary files.", |x| f(x.temp_bytes)),
+            ("querywatch_query_shared_blks_hit_total", "Shared buffer hits (pg_stat_statements).", |x| {
+                f(x.shared_blks_hit)
+            }),
+            ("querywatch_query_shared_blks_read_total", "Shared blocks read (pg_stat_statements).", |x| {
+                f(x.shared_blks_read)
+            }),
+        ];
+        for (name, help, get) in counters {
+            o.family(name, "counter", help);
+            for ((k, node), v) in &q {
+                o.sample(name, &[("fingerprint", &fp_label(k)), ("node", node)], get(v));
+            }
+        }
+        let name = "querywatch_query_duration_seconds";
+        o.family(name, "histogram", "Logged statement durations.");
+        for ((k, node), v) in &q {
+            let fp = fp_label(k);
+            let mut cum = 0;
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                cum += v.buckets[i];
+                o.sample(
+                    &format!("{name}_bucket"),
+                    &[("fingerprint", &fp), ("node", node), ("le", &le.to_string())],
+                    f(cum),
+                );
+            }
+            cum += v.buckets[LATENCY_BUCKETS.len()];
+            o.sample(&format!("{name}_bucket"), &[("fingerprint", &fp), ("node", node), ("le", "+Inf")], f(cum));
+            o.sample(&format!("{name}_sum"), &[("fingerprint", &fp), ("node", node)], v.duration_sum);
+            o.sample(&format!("{name}_count"), &[("fingerprint", &fp), ("node", node)], f(cum));
+        }
+        o.family(
+            "querywatch_query_info",
+            "gauge",
+            "The normalized text of each fingerprint with its own series (value 1).",
+        );
+        let mut fps: Vec<_> = q
+            .iter()
+            .filter_map(|((k, _), _)| match k {
+                SeriesFingerprint::One(fp) => Some(*fp),
+                SeriesFingerprint::Other => None,
+            })
+            .collect();
+        fps.dedup();
+        for fp in fps {
+            if let Some((text, _)) = w.fingerprint_text(fp) {
+                o.sample(
+                    "querywatch_query_info",
+                    &[("fingerprint", &fp.to_string()), ("text", &label_text(&text))],
+                    1.0,
+                );
+            }
+        }
+
+        let mut tables: Vec<_> = t.tables.iter().collect();
+        tables.sort_by(|a, b| a.0.cmp(b.0));
+        type TField = fn(&querywatch_wire::dbstats::TableDelta) -> u64;
+        let tcounters: [(&str, &str, TField); 7] = [
+            ("querywatch_table_seq_scan_total", "Sequential scans (pg_stat_user_tables).", |d| d.seq_scan),
+            ("querywatch_table_idx_scan_total", "Index scans.", |d| d.idx_scan),
+            ("querywatch_table_seq_tup_read_total", "Tuples read by sequential scans.", |d| d.seq_tup_read),
+            ("querywatch_table_tup_inserted_total", "Tuples inserted.", |d| d.n_tup_ins),
+            ("querywatch_table_tup_updated_total", "Tuples updated.", |d| d.n_tup_upd),
+            ("querywatch_table_tup_deleted_total", "Tuples deleted.", |d| d.n_tup_del),
+            ("querywatch_table_heap_blks_read_total", "Heap blocks read from disk (pg_statio_user_tables).", |d| {
+                d.heap_blks_read
+            }),
+        ];
+        for (name, help, get) in tcounters {
+            o.family(name, "counter", help);
+            for (k, v) in &tables {
+                let labels = [
+                    ("node", &*k.node),
+                    ("database", &*k.database),
+                    ("relation", &*k.relation),
+                    ("parent", &*k.parent),
+                ];
+                o.sample(name, &labels, f(get(&v.delta)));
+            }
+        }
+
+        let mut nodes: Vec<_> = t.nodes.iter().collect();
+        nodes.sort_by(|a, b| a.0.cmp(b.0));
+        o.family("querywatch_node_time_seconds_total", "counter", "Database time per node.");
+        for (n, v) in &nodes {
+            o.sample("querywatch_node_time_seconds_total", &[("node", n)], v.time);
+        }
+        o.family("querywatch_node_calls_total", "counter", "Executions per node.");
+        for (n, v) in &nodes {
+            o.sample("querywatch_node_calls_total", &[("node", n)], f(v.calls));
+        }
+        o.family("querywatch_node_batches_total", "counter", "Batches received per node.");
+        for (n, v) in &nodes {
+            o.sample("querywatch_node_batches_total", &[("node", n)], f(v.batches));
+        }
+        o.family("querywatch_node_last_seen_timestamp_seconds", "gauge", "When the node's agent last sent data.");
+        #[allow(clippy::cast_precision_loss)]
+        for (n, v) in &nodes {
+            o.sample("querywatch_node_last_seen_timestamp_seconds", &[("node", n)], v.last_seen as f64 / 1000.0);
+        }
+        type IField = fn(&querywatch_wire::observations::InputStats) -> u64;
+        let agent: [(&str, &str, IField); 7] = [
+            ("querywatch_agent_log_bytes_total", "Log bytes the node's agent read.", |i| i.bytes),
+            ("querywatch_agent_invalid_utf8_entries_total", "Log entries with invalid UTF-8 (replaced, kept).", |i| {
+                i.invalid_utf8
+            }),
+            ("querywatch_agent_log_lines_total", "Log lines the node's agent read.", |i| i.lines),
+            ("querywatch_agent_log_entries_total", "Log entries the node's agent parsed.", |i| i.entries),
+            ("querywatch_agent_parse_failures_total", "Log lines the node's agent could not parse.", |i| i.unparsed),
+            ("querywatch_agent_truncated_entries_total", "Log entries truncated at the agent's size cap.", |i| {
+                i.truncated
+            }),
+            ("querywatch_agent_unreadable_files_total", "Log files the node's agent could not read to the end.", |i| {
+                i.unreadable_files
+            }),
+        ];
+        for (name, help, get) in agent {
+            o.family(name, "counter", help);
+            for (n, v) in &nodes {
+                o.sample(name, &[("node", n)], f(get(&v.rest.input)));
+            }
+        }
+        type HField = fn(&querywatch_wire::health::AgentHealth) -> u64;
+        let health: [(&str, &str, HField); 7] = [
+            ("querywatch_agent_export_retries_total", "Export requests the node's agent retried.", |h| {
+                h.export_retries
+            }),
+            (
+                "querywatch_agent_spool_dropped_batches_total",
+                "Batches the node's agent dropped past its spool bound.",
+                |h| h.spool_dropped_batches,
+            ),
+            (
+                "querywatch_agent_spool_dropped_bytes_total",
+                "Bytes the node's agent dropped past its spool bound.",
+                |h| h.spool_dropped_bytes,
+            ),
+            ("querywatch_agent_poller_reconnects_total", "Statistics poller reconnections.", |h| h.poller_reconnects),
+            (
+                "querywatch_agent_poller_connect_failures_total",
+                "Statistics poller connection attempts that failed.",
+                |h| h.poller_connect_failures,
+            ),
+            ("querywatch_agent_poller_connections_lost_total", "Statistics poller connections lost.", |h| {
+                h.poller_connections_lost
+            }),
+            ("querywatch_agent_poller_poll_failures_total", "Statistics polls that failed.", |h| {
+                h.poller_poll_failures
+            }),
+        ];
+        for (name, help, get) in health {
+            o.family(name, "counter", help);
+            for (n, v) in &nodes {
+                o.sample(name, &[("node", n)], f(get(&v.rest.agent)));
+            }
+        }
+        let name = "querywatch_agent_export_failures_total";
+        o.family(name, "counter", "Export requests of the node's agent that failed, by class.");
+        for (n, v) in &nodes {
+            let h = &v.rest.agent;
+            for (class, x) in [
+                ("retryable", h.export_retryable_failures),
+                ("throttled", h.export_throttled),
+                ("permanent", h.export_permanent_failures),
+            ] {
+                o.sample(name, &[("node", n), ("class", class)], f(x));
+            }
+        }
+        type GField = fn(&querywatch_wire::health::AgentHealth) -> Option<u64>;
+        let gauges: [(&str, &str, GField); 3] = [
+            (
+                "querywatch_agent_spool_batches",
+                "Batches in the node's agent's on-disk spool (collector unreachable).",
+                |h| h.spool_batches,
+            ),
+            ("querywatch_agent_spool_bytes", "Bytes in the node's agent's on-disk spool.", |h| h.spool_bytes),
+            (
+                "querywatch_agent_last_export_timestamp_seconds",
+                "When the node's agent last had a request accepted.",
+                |h| h.last_export_unix_s,
+            ),
+        ];
+        for (name, help, get) in gauges {
+            o.family(name, "gauge", help);
+            for (n, v) in &nodes {
+                if let Some(x) = get(&v.rest.agent) {
+                    o.sample(name, &[("node", n)], f(x));
+                }
+            }
+        }
+        o.family(
+            "querywatch_agent_overflow_calls_total",
+            "counter",
+            "Calls the node's agent folded into <other> (its caps).",
+        );
+        for (n, v) in &nodes {
+            o.sample("querywatch_agent_overflow_calls_total", &[("node", n)], f(v.rest.overflow_calls));
+        }
+
+        let h = w.health();
+        o.family("querywatch_collector_store_fingerprints", "gauge", "Fingerprints tracked.");
+        o.sample("querywatch_collector_store_fingerprints", &[], h.fingerprints as f64);
+        o.family(
+            "querywatch_collector_store_fingerprints_limit",
+            "gauge",
+            "Fingerprints tracked at most ([store] max_fingerprints).",
+        );
+        o.sample("querywatch_collector_store_fingerprints_limit", &[], w.config().max_fingerprints as f64);
+        o.family("querywatch_collector_store_rows", "gauge", "Rows (fingerprint, database, node, bucket) held.");
+        o.sample("querywatch_collector_store_rows", &[], h.rows as f64);
+        o.family("querywatch_collector_store_bytes", "gauge", "Estimated bytes the store's buckets hold.");
+        o.sample("querywatch_collector_store_bytes", &[], h.estimated_bytes as f64);
+        o.family(
+            "querywatch_collector_store_bytes_limit",
+            "gauge",
+            "The store's memory limit ([store] memory_limit_mb).",
+        );
+        o.sample("querywatch_collector_store_bytes_limit", &[], w.config().memory_limit as f64);
+        o.family("querywatch_collector_nodes", "gauge", "Nodes tracked.");
+        o.sample("querywatch_collector_nodes", &[], h.nodes as f64);
+        o.family(
+            "querywatch_collector_overflow",
+            "gauge",
+            "What the caps folded into <other> within the retained range, by kind.",
+        );
+        for (kind, v) in [
+            ("fingerprint_calls", h.overflow.query_calls),
+            ("relations", h.overflow.tables),
+            ("lock_waits", h.overflow.locks),
+            ("node_batches", h.overflow.node_batches),
+            ("agent_calls", h.overflow.agent_calls),
+        ] {
+            o.sample("querywatch_collector_overflow", &[("kind", kind)], f(v));
+        }
+        o.family("querywatch_collector_store_events_total", "counter", "Store events that lose detail, by kind.");
+        for (kind, v) in [
+            ("too_old_batches", h.too_old_batches),
+            ("evicted_rollups", h.evicted_rollups),
+            ("early_rollups", h.early_rollups),
+            ("memory_folded_rows", h.memory_folded_rows),
+            ("table_series_folded", t.tables_folded),
+        ] {
+            o.sample("querywatch_collector_store_events_total", &[("kind", kind)], f(v));
+        }
+        o.family("querywatch_collector_fingerprint_cache_total", "counter", "Fingerprint cache lookups by result.");
+        for (result, v) in [
+            ("hit", h.fingerprint_cache_hits),
+            ("miss", h.fingerprint_cache_misses),
+            ("fallback", h.fingerprint_fallbacks),
+        ] {
+            o.sample("querywatch_collector_fingerprint_cache_total", &[("result", result)], f(v));
+        }
+        o.family("querywatch_collector_batches_total", "counter", "Batches merged into the store.");
+        o.sample("querywatch_collector_batches_total", &[], f(h.batches));
+    }
+
+    {
+        let d = lock(&s.detect);
+        o.family(
+            "querywatch_partition_load_share",
+            "gauge",
+            "A partition's share of its parent's scans + tuples over the detection window.",
+        );
+        for p in &d.partitions {
+            let total = p.scans + p.tuples;
+            for part in &p.partitions {
+                #[allow(clippy::cast_precision_loss)]
+                let share = if total == 0 { 0.0 } else { (part.scans + part.tuples) as f64 / total as f64 };
+                let labels = [
+                    ("node", &*p.node),
+                    ("database", &*p.database),
+                    ("parent", &*p.parent),
+                    ("relation", &*part.relation),
+                ];
+                o.sample("querywatch_partition_load_share", &labels, share);
+            }
+        }
+        o.family(
+            "querywatch_partition_skew_ratio",
+            "gauge",
+            "Busiest partition's load over the mean partition's, per parent and node.",
+        );
+        for p in &d.partitions {
+            let labels = [("node", &*p.node), ("database", &*p.database), ("parent", &*p.parent)];
+            o.sample("querywatch_partition_skew_ratio", &labels, p.skew_ratio);
+        }
+        o.family(
+            "querywatch_node_load_share",
+            "gauge",
+            "A node's share of the cluster's database time over the detection window.",
+        );
+        for n in &d.nodes {
+            o.sample("querywatch_node_load_share", &[("node", &n.node)], n.share);
+        }
+        o.family("querywatch_finding", "gauge", "One series per open finding (value 1).");
+        for fi in d.tracker.findings().filter(|f| f.is_open()) {
+            let sev =
+                serde_json::to_value(fi.severity).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let kind =
+                serde_json::to_value(fi.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let labels = [
+                ("id", fi.id.as_str()),
+                ("kind", kind.as_str()),
+                ("severity", sev.as_str()),
+                ("subject", fi.subject.as_str()),
+                ("node", fi.node.as_deref().unwrap_or("")),
+            ];
+            o.sample("querywatch_finding", &labels, 1.0);
+        }
+        #[allow(clippy::cast_precision_loss)]
+        {
+            o.family("querywatch_collector_detect_last_run_timestamp_seconds", "gauge", "When detectors last ran.");
+            o.sample("querywatch_collector_detect_last_run_timestamp_seconds", &[], d.at as f64 / 1000.0);
+        }
+    }
+    o.family("querywatch_collector_detect_duration_seconds", "gauge", "How long the latest detection pass took.");
+    #[allow(clippy::cast_precision_loss)]
+    o.sample("querywatch_collector_detect_duration_seconds", &[], s.detect_micros.load(Ordering::Relaxed) as f64 / 1e6);
+    o.family("querywatch_collector_queue_batches", "gauge", "Decoded batches waiting for the store.");
+    o.sample("querywatch_collector_queue_batches", &[], f(s.queued.load(Ordering::Relaxed)));
+    o.family(
+        "querywatch_collector_queue_capacity",
+        "gauge",
+        "Batches the queue holds; when full, senders are told to retry (HTTP 503 / gRPC UNAVAILABLE).",
+    );
+    o.sample("querywatch_collector_queue_capacity", &[], s.queue_capacity as f64);
+    crate::receive::render_metrics(&s.ingest, &mut o.text);
+    o.family("querywatch_collector_start_timestamp_seconds", "gauge", "When the collector started.");
+    #[allow(clippy::cast_precision_loss)]
+    o.sample("querywatch_collector_start_timestamp_seconds", &[], s.started as f64 / 1000.0);
+    let _ = now;
+    o.text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut o = Out { text: String::new() };
+        o.sample("m", &[("k", "v\"")], 1.5);
+        assert_eq!(o.text, "m{k=\"v\\\"\"} 1.5\n");
+    }
+}

@@ -1,0 +1,155 @@
+//! OTLP/gRPC: the `MetricsService` and `LogsService` export calls of
+//! `opentelemetry-proto`, served by tonic, gzip accepted.
+//!
+//! The token is checked by an interceptor, which runs on the headers
+//! before tonic reads the body: an unauthenticated sender costs no
+//! decoding. tonic enforces the size limit itself
+//! (`max_decoding_message_size`, on the message as sent and as inflated),
+//! but answers a too-long message with OUT_OF_RANGE, which the OTLP
+//! specification lists as retryable: a sender would retry an oversized
+//! batch forever. It also answers a message it cannot decode (bad
+//! protobuf, bad gzip, a truncated body) with INTERNAL. A response layer
+//! rewrites both to what the specification means: RESOURCE_EXHAUSTED
+//! without `RetryInfo` (permanent) and INVALID_ARGUMENT. Our own handlers
+//! never answer OUT_OF_RANGE or INTERNAL, so the rewrite cannot hit them.
+//!
+//! Throttling is UNAVAILABLE with a `google.rpc.RetryInfo` detail, as the
+//! specification's "OTLP/gRPC Throttling" says (RESOURCE_EXHAUSTED with
+//! RetryInfo would do too, but UNAVAILABLE is retryable for every client).
+
+use super::counters::{IngestCounters, Reason, Signal, Transport};
+use super::ingest::{Ingest, Refused};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use prost::Message;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// When the interceptor saw the request: the start of its handling time.
+#[derive(Clone, Copy)]
+struct Arrived(Instant);
+
+/// The token check and request count, before the body is read.
+#[derive(Clone)]
+pub(crate) struct Gate {
+    ingest: Arc<Ingest>,
+    signal: Signal,
+}
+
+impl tonic::service::Interceptor for Gate {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        self.ingest.counters.request(Transport::Grpc, self.signal);
+        let auth = req.metadata().get("authorization").map(|v| v.as_bytes());
+        self.ingest.authorize(auth).map_err(status)?;
+        req.extensions_mut().insert(Arrived(Instant::now()));
+        Ok(req)
+    }
+}
+
+pub(crate) struct Metrics(Arc<Ingest>);
+pub(crate) struct Logs(Arc<Ingest>);
+
+#[tonic::async_trait]
+impl MetricsService for Metrics {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let start = request.extensions().get::<Arrived>().map_or_else(Instant::now, |a| a.0);
+        let message = request.into_inner();
+        self.0.counters.bytes(message.encoded_len());
+        let result = self.0.metrics(message);
+        self.0.counters.latency(start.elapsed());
+        result.map(Response::new).map_err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Logs {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let start = request.extensions().get::<Arrived>().map_or_else(Instant::now, |a| a.0);
+        let message = request.into_inner();
+        self.0.counters.bytes(message.encoded_len());
+        let result = self.0.logs(message);
+        self.0.counters.latency(start.elapsed());
+        result.map(Response::new).map_err(status)
+    }
+}
+
+pub(crate) type MetricsServer = InterceptedService<MetricsServiceServer<Metrics>, Gate>;
+pub(crate) type LogsServer = InterceptedService<LogsServiceServer<Logs>, Gate>;
+
+/// The two services, size-limited, gzip in and out, behind the gate.
+pub(crate) fn services(ingest: &Arc<Ingest>, max_request_bytes: usize) -> (MetricsServer, LogsServer) {
+    let gate = |signal| Gate { ingest: ingest.clone(), signal };
+    let metrics = MetricsServiceServer::new(Metrics(ingest.clone()))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    let logs = LogsServiceServer::new(Logs(ingest.clone()))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_request_bytes);
+    (InterceptedService::new(metrics, gate(Signal::Metrics)), InterceptedService::new(logs, gate(Signal::Logs)))
+}
+
+/// A refusal as a gRPC status.
+fn status(r: Refused) -> Status {
+    let code = match r.reason {
+        Reason::Unauthenticated => Code::Unauthenticated,
+        Reason::TooLarge => Code::ResourceExhausted,
+        Reason::Malformed => Code::InvalidArgument,
+        Reason::Throttled => Code::Unavailable,
+        Reason::Unsupported => Code::Unimplemented,
+    };
+    match r.retry_after {
+        Some(delay) => Status::with_error_details(code, r.message, ErrorDetails::with_retry_info(Some(delay))),
+        None => Status::new(code, r.message),
+    }
+}
+
+/// The response rewrite described in the module documentation; counts
+/// what tonic refused before our handlers ran.
+pub(crate) fn fix_status(
+    counters: &IngestCounters,
+    mut resp: axum::http::Response<tonic::body::Body>,
+) -> axum::http::Response<tonic::body::Body> {
+    use axum::http::HeaderValue;
+    let headers = resp.headers_mut();
+    let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok()) else {
+        return resp;
+    };
+    let message = headers.get("grpc-message").map(|v| v.as_bytes()).unwrap_or_default();
+    match Code::from_i32(code) {
+        Code::OutOfRange => {
+            counters.rejected(Reason::TooLarge);
+            headers.insert("grpc-status", HeaderValue::from(Code::ResourceExhausted as i32));
+        }
+        // tonic's "size limit exceeded while decompressing"; our own
+        // RESOURCE_EXHAUSTED (too many resources) is counted where made.
+        Code::ResourceExhausted if contains(message, b"size%20limit") || contains(message, b"size limit") => {
+            counters.rejected(Reason::TooLarge);
+        }
+        Code::Internal => {
+            counters.rejected(Reason::Malformed);
+            headers.insert("grpc-status", HeaderValue::from(Code::InvalidArgument as i32));
+        }
+        _ => {}
+    }
+    resp
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

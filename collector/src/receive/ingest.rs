@@ -1,0 +1,232 @@
+//! What both transports do once a request is parsed: check the token,
+//! decode with [`querywatch_wire::otlp`], hand the batches to the store
+//! without waiting, and say what was accepted. Transport-free, so gRPC and
+//! HTTP cannot drift apart in what they accept.
+
+use super::Batch;
+use super::counters::{IngestCounters, Reason, Signal};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::metrics::v1::{Metric, metric::Data};
+use querywatch_wire::otlp::{self, DecodeError, Decoded};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+/// How long a throttled sender is asked to wait. Long enough for the store
+/// to drain a full queue (it merges a batch in microseconds), short enough
+/// that an agent does not sit on data: its next interval is seconds away.
+pub(crate) const THROTTLE_DELAY: Duration = Duration::from_secs(1);
+
+/// A refused request: why (for the counters and the status code) and what
+/// to tell the sender.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub reason: Reason,
+    pub message: String,
+    /// Ask the sender to retry after this long (throttling only).
+    pub retry_after: Option<Duration>,
+}
+
+impl Refused {
+    pub(crate) fn new(reason: Reason, message: impl Into<String>) -> Refused {
+        Refused { reason, message: message.into(), retry_after: None }
+    }
+}
+
+/// State shared by every request of both transports.
+pub(crate) struct Ingest {
+    tx: mpsc::Sender<Batch>,
+    pub counters: Arc<IngestCounters>,
+    token: Option<Vec<u8>>,
+}
+
+impl Ingest {
+    pub(crate) fn new(tx: mpsc::Sender<Batch>, counters: Arc<IngestCounters>, token: Option<String>) -> Ingest {
+        Ingest { tx, counters, token: token.map(String::into_bytes) }
+    }
+
+    /// Checks an `Authorization` header value against the configured token
+    /// (none configured: everything passes). The scheme is matched without
+    /// regard to case (RFC 9110 §11.1); the token compare takes the same
+    /// time wherever the first difference is.
+    pub(crate) fn authorize(&self, header: Option<&[u8]>) -> Result<(), Refused> {
+        let Some(want) = &self.token else { return Ok(()) };
+        let refuse = |m: &str| {
+            self.counters.rejected(Reason::Unauthenticated);
+            Err(Refused::new(Reason::Unauthenticated, m))
+        };
+        let Some(header) = header else { return refuse("missing `Authorization: Bearer <token>`") };
+        let Some(given) = bearer_token(header) else { return refuse("`Authorization` is not a bearer token") };
+        if super::constant_time_eq(given, want) { Ok(()) } else { refuse("wrong bearer token") }
+    }
+
+    pub(crate) fn metrics(&self, req: ExportMetricsServiceRequest) -> Result<ExportMetricsServiceResponse, Refused> {
+        // One resource at a time: the decoder's `ignored` is per request,
+        // and a batch's point count needs it per resource.
+        let mut parts = Vec::with_capacity(req.resource_metrics.len());
+        for rm in req.resource_metrics {
+            let total = rm.scope_metrics.iter().flat_map(|s| &s.metrics).map(points).sum();
+            let one = ExportMetricsServiceRequest { resource_metrics: vec![rm] };
+            parts.push((total, otlp::decode_metrics(&one)));
+        }
+        let ignored = self.hand_off(Signal::Metrics, parts)?;
+        Ok(ExportMetricsServiceResponse {
+            partial_success: (ignored > 0).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: i64::try_from(ignored).unwrap_or(i64::MAX),
+                error_message: not_ours(ignored, Signal::Metrics),
+            }),
+        })
+    }
+
+    pub(crate) fn logs(&self, req: ExportLogsServiceRequest) -> Result<ExportLogsServiceResponse, Refused> {
+        let mut parts = Vec::with_capacity(req.resource_logs.len());
+        for rl in req.resource_logs {
+            let total = rl.scope_logs.iter().map(|s| len_u64(s.log_records.len())).sum();
+            let one = ExportLogsServiceRequest { resource_logs: vec![rl] };
+            parts.push((total, otlp::decode_logs(&one)));
+        }
+        let ignored = self.hand_off(Signal::Logs, parts)?;
+        Ok(ExportLogsServiceResponse {
+            partial_success: (ignored > 0).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: i64::try_from(ignored).unwrap_or(i64::MAX),
+                error_message: not_ours(ignored, Signal::Logs),
+            }),
+        })
+    }
+
+    /// Queues the batches of a decoded request, all or none, and returns
+    /// how many items were not ours. `parts`: per resource, its item count
+    /// and what the decoder made of it.
+    fn hand_off(&self, signal: Signal, parts: Vec<(u64, Result<Decoded, DecodeError>)>) -> Result<u64, Refused> {
+        let mut batches = Vec::new();
+        let mut ignored = 0u64;
+        for (total, decoded) in parts {
+            // A request that claims to be ours and is wrong is refused
+            // whole: the sender has a bug, and half a batch in the store
+            // would be worse than none.
+            let decoded = decoded.map_err(|e| self.refuse(Reason::Malformed, e.to_string()))?;
+            ignored += decoded.ignored;
+            let points = total.saturating_sub(decoded.ignored);
+            // The decoder returns at most one batch per resource; should
+            // that change, the count goes with the first.
+            let mut points = Some(points);
+            for (resource, obs) in decoded.batches {
+                batches.push(Batch { resource, obs, points: points.take().unwrap_or(0) });
+            }
+        }
+        let accepted: u64 = batches.iter().map(|b| b.points).sum();
+        if !batches.is_empty() {
+            if batches.len() > self.tx.max_capacity() {
+                return Err(self.refuse(
+                    Reason::TooLarge,
+                    format!(
+                        "the request carries {} resources; this collector queues at most {} per request: \
+                         send fewer resources per request",
+                        batches.len(),
+                        self.tx.max_capacity()
+                    ),
+                ));
+            }
+            // All or none: a request that is half queued and then throttled
+            // would be retried whole, and its first half counted twice.
+            let permits = match self.tx.try_reserve_many(batches.len()) {
+                Ok(p) => p,
+                Err(TrySendError::Full(())) => {
+                    let mut r = self.refuse(Reason::Throttled, "the collector's ingest queue is full; retry later");
+                    r.retry_after = Some(THROTTLE_DELAY);
+                    return Err(r);
+                }
+                Err(TrySendError::Closed(())) => {
+                    // The store has stopped: the collector is shutting down.
+                    // Retryable, and without a delay hint: another replica
+                    // or this one after restart can take it.
+                    return Err(self.refuse(Reason::Throttled, "the collector is shutting down"));
+                }
+            };
+            let n = batches.len();
+            for (permit, batch) in permits.zip(batches) {
+                permit.send(batch);
+            }
+            self.counters.accepted(signal, accepted, ignored, n);
+        } else {
+            self.counters.accepted(signal, 0, ignored, 0);
+        }
+        Ok(ignored)
+    }
+
+    pub(crate) fn refuse(&self, reason: Reason, message: impl Into<String>) -> Refused {
+        self.counters.rejected(reason);
+        Refused::new(reason, message)
+    }
+}
+
+fn not_ours(n: u64, signal: Signal) -> String {
+    format!(
+        "{n} {} are not querywatch data (unknown metric or event names or sources) and were skipped; \
+         this endpoint accepts only what a querywatch agent sends",
+        signal.items()
+    )
+}
+
+/// `Bearer <token>` → the token.
+fn bearer_token(header: &[u8]) -> Option<&[u8]> {
+    let header = header.trim_ascii();
+    let (scheme, rest) = header.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.first()?.is_ascii_whitespace() {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Data points of one metric, whatever its type.
+fn points(m: &Metric) -> u64 {
+    len_u64(match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    })
+}
+
+fn len_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bearer  abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"BEARER\tabc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Bearerabc"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b""), None);
+    }
+
+    #[test]
+    fn authorize_counts_refusals() {
+        let (tx, _rx) = mpsc::channel(1);
+        let counters = Arc::new(IngestCounters::new());
+        let ingest = Ingest::new(tx.clone(), counters.clone(), Some("s3cret".into()));
+        assert!(ingest.authorize(Some(b"Bearer s3cret")).is_ok());
+        assert!(ingest.authorize(Some(b"Bearer s3cre")).is_err());
+        assert!(ingest.authorize(Some(b"Bearer s3cret2")).is_err());
+        assert!(ingest.authorize(None).is_err());
+        assert_eq!(counters.snapshot().rejected.unauthenticated, 3);
+        let open = Ingest::new(tx, counters, None);
+        assert!(open.authorize(None).is_ok());
+    }
+}

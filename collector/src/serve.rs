@@ -1,0 +1,244 @@
+//! The running collector: OTLP receivers → a bounded queue → one ingest
+//! task that merges batches into the window store; a detection pass every
+//! `detect.interval`; and the HTTP listener for `/metrics`, the JSON API
+//! and the web page.
+//!
+//! One task owns ingest, so the store needs only a mutex, held for one
+//! batch at a time; readers (API, `/metrics`, detectors) take it to build
+//! a snapshot and release it before any rendering or detection.
+
+use crate::config::Config;
+use crate::findings::{Finding, FindingTracker, detect_live};
+use crate::load::{NodeLoad, ParentLoad};
+use crate::receive::{self, Batch, IngestCounters, ReceiverConfig, TlsFiles};
+use crate::snapshot::Snapshot;
+use crate::window::Windows;
+use querywatch_wire::stats::EpochMillis;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr} for the API and /metrics: {source} (port in use? set [http] listen or --listen)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Receive(#[from] receive::ReceiveError),
+}
+
+/// What the latest detection pass found and measured.
+#[derive(Debug, Default)]
+pub struct DetectState {
+    pub tracker: FindingTracker,
+    /// Partition load over the detection window.
+    pub partitions: Vec<ParentLoad>,
+    /// Node load over the detection window.
+    pub nodes: Vec<NodeLoad>,
+    /// When the pass ran (ms), 0 before the first.
+    pub at: EpochMillis,
+}
+
+/// State shared by the tasks and the HTTP handlers.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub windows: Mutex<Windows>,
+    pub detect: Mutex<DetectState>,
+    pub ingest: Arc<IngestCounters>,
+    /// Batches waiting in the queue.
+    pub queued: AtomicU64,
+    pub queue_capacity: usize,
+    /// True once every listener is bound and the ingest task runs.
+    pub ready: AtomicBool,
+    pub started: EpochMillis,
+    pub detect_passes: AtomicU64,
+    /// Detection pass duration, µs, of the latest pass.
+    pub detect_micros: AtomicU64,
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> EpochMillis {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// Locks a mutex; a panic elsewhere while holding it leaves data that is
+/// still consistent for reading (every update is one merge), so go on.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// The detection window ending now, and the baseline before it.
+    pub fn window_snapshot(&self, now: EpochMillis, node: Option<&str>) -> Snapshot {
+        lock(&self.windows).snapshot(now - ms(self.config.detect_window), now + 1, node)
+    }
+}
+
+/// A started collector.
+pub struct Running {
+    pub grpc: Option<SocketAddr>,
+    pub otlp_http: Option<SocketAddr>,
+    pub api: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops listening, drains what was queued into the store, and returns.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Runs until `signal` resolves, then stops.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        self.stop().await;
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One detection pass: snapshots under the lock, detectors outside it.
+pub fn detect_pass(shared: &Shared, now: EpochMillis) {
+    let started = std::time::Instant::now();
+    let cfg = &shared.config;
+    let (window, baseline) = {
+        let mut w = lock(&shared.windows);
+        w.roll(now);
+        let from = now - ms(cfg.detect_window);
+        let window = w.snapshot(from, now + 1, None);
+        let baseline = w.snapshot(from - ms(cfg.baseline), from, None);
+        // The top fingerprints by time get their own /metrics series.
+        let mut top = window.by_fingerprint();
+        top.sort_by_key(|r| std::cmp::Reverse(r.stats.db_time()));
+        let top: Vec<_> = top.iter().map(|r| r.fingerprint).collect();
+        w.totals.rerank(&top);
+        (window, baseline)
+    };
+    let baseline = (!baseline.queries.is_empty()).then_some(baseline);
+    let found: Vec<Finding> = detect_live(&window, baseline.as_ref(), &cfg.detectors);
+    let partitions = crate::load::partitions(&window);
+    let nodes = crate::load::nodes(&window);
+    let mut d = lock(&shared.detect);
+    let open_before: BTreeSet<String> = d.tracker.findings().filter(|f| f.is_open()).map(|f| f.id.clone()).collect();
+    d.tracker.update(found, now);
+    if shared.config.log_findings {
+        // One line per change, so the operator's log (and the demo) reads
+        // as a story: what opened, what resolved.
+        for f in d.tracker.findings() {
+            let was_open = open_before.contains(&f.id);
+            if f.is_open() && !was_open {
+                eprintln!(
+                    "querywatch collector: finding opened [{}] {}: {}",
+                    f.severity.as_str(),
+                    f.kind.as_str(),
+                    f.summary
+                );
+            } else if !f.is_open() && was_open {
+                eprintln!("querywatch collector: finding resolved {}: {}", f.kind.as_str(), f.summary);
+            }
+        }
+    }
+    d.partitions = partitions;
+    d.nodes = nodes;
+    d.at = now;
+    shared.detect_passes.fetch_add(1, Ordering::Relaxed);
+    shared.detect_micros.store(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+/// Binds every listener and starts the tasks. Returns once all listeners
+/// are bound (ports known), so callers and tests can use them at once.
+pub async fn start(config: Config) -> Result<Running, ServeError> {
+    let api_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let api = api_listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let (tx, mut rx) = mpsc::channel::<Batch>(config.queue);
+    let ingest = Arc::new(IngestCounters::default());
+    let shared = Arc::new(Shared {
+        windows: Mutex::new(Windows::new(config.store.clone())),
+        detect: Mutex::new(DetectState {
+            tracker: FindingTracker::new(config.tracker.clone()),
+            ..DetectState::default()
+        }),
+        ingest: ingest.clone(),
+        queued: AtomicU64::new(0),
+        queue_capacity: config.queue,
+        ready: AtomicBool::new(false),
+        started: now_ms(),
+        detect_passes: AtomicU64::new(0),
+        detect_micros: AtomicU64::new(0),
+        config,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let cfg = &shared.config;
+    let receiver_cfg = ReceiverConfig {
+        grpc: cfg.grpc,
+        http: cfg.otlp_http,
+        token: cfg.token.clone(),
+        tls: cfg.tls.clone().map(|(cert, key)| TlsFiles { cert, key }),
+        max_request_bytes: cfg.max_request_bytes,
+    };
+    let receiver = receive::Receiver::bind(receiver_cfg, tx, ingest).await?;
+    let (grpc, otlp_http) = (receiver.grpc_addr(), receiver.http_addr());
+    tasks.spawn(receiver.serve(stopped(stop_rx.clone())));
+
+    // Ingest: the only writer of the store. It ends when every sender is
+    // gone (the receiver stopped), after draining the queue.
+    let s = shared.clone();
+    tasks.spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            s.queued.store(u64::try_from(rx.len()).unwrap_or(0), Ordering::Relaxed);
+            lock(&s.windows).ingest(&batch.resource, batch.obs, now_ms());
+        }
+    });
+
+    let s = shared.clone();
+    let stop = stop_rx.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(s.config.detect_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let s = s.clone();
+                    // Detection is CPU work: keep it off the I/O threads.
+                    let _ = tokio::task::spawn_blocking(move || detect_pass(&s, now_ms())).await;
+                }
+                () = stopped(stop.clone()) => break,
+            }
+        }
+    });
+
+    let app = crate::api::router(shared.clone());
+    let stop = stop_rx.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(api_listener, app).with_graceful_shutdown(stopped(stop)).await;
+        if let Err(e) = served {
+            eprintln!("querywatch collector: API listener stopped: {e}");
+        }
+    });
+    shared.ready.store(true, Ordering::Relaxed);
+    Ok(Running { grpc, otlp_http, api, shared, stop: stop_tx, tasks })
+}

@@ -1,0 +1,255 @@
+//! Cumulative counters since the collector started: what `/metrics`
+//! exposes as Prometheus counters and histograms, so that `rate()` works
+//! and several collector replicas sum in PromQL (DESIGN.md, "Scale-out").
+//!
+//! Windows answer "what happened in this range"; Prometheus wants counters
+//! that only go up. Series are per (fingerprint, node) for *admitted*
+//! fingerprints only — the first ones seen, then the top ones by time as
+//! the collector re-ranks them — and everything else adds to one
+//! `fingerprint="other"` series per node. A series, once created, only
+//! ever grows: a fingerprint admitted later starts at zero (its earlier
+//! calls stay in `other`), and an evicted one disappears (Prometheus marks
+//! it stale) — never a counter that goes down.
+
+use crate::fingerprint::Fingerprint;
+use crate::snapshot::RowStats;
+use querywatch_wire::Observations;
+use querywatch_wire::dbstats::TableDelta;
+use querywatch_wire::stats::EpochMillis;
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::sync::Arc;
+
+/// Upper bounds (seconds) of the latency histogram buckets: SQL latencies
+/// from sub-millisecond point lookups to half-minute reports.
+pub const LATENCY_BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Which fingerprint a series is for: an admitted one, or all the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SeriesFingerprint {
+    One(Fingerprint),
+    Other,
+}
+
+/// Counters of one (fingerprint, node) series.
+#[derive(Clone, Debug, Default)]
+pub struct QueryTotals {
+    /// Executions (the statistics source's count when it has one).
+    pub calls: u64,
+    /// Database time, seconds.
+    pub time: f64,
+    pub rows: u64,
+    pub errors: u64,
+    pub temp_bytes: u64,
+    pub shared_blks_hit: u64,
+    pub shared_blks_read: u64,
+    /// Log durations: cumulative counts per [`LATENCY_BUCKETS`] bound
+    /// (non-cumulative here; the exposition sums them), then `+Inf`.
+    pub buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of the log durations, seconds.
+    pub duration_sum: f64,
+}
+
+impl QueryTotals {
+    fn add(&mut self, s: &RowStats) {
+        self.calls += s.exec_calls();
+        self.time += s.db_time().as_secs_f64();
+        self.rows += if s.pgss.calls > 0 { s.pgss.rows } else { s.rows.unwrap_or(0) };
+        self.errors += s.error_count();
+        self.temp_bytes += s.temp_bytes;
+        self.shared_blks_hit += s.pgss.shared_blks_hit;
+        self.shared_blks_read += s.pgss.shared_blks_read;
+        for &(us, n) in s.hist.buckets() {
+            // Classify by the HDR bucket's lowest value: a duration of
+            // exactly 1 ms then counts as `le="0.001"`, as Prometheus'
+            // `le` means; the bucket's few µs of width are HDR's error.
+            #[allow(clippy::cast_precision_loss)] // µs values far below 2^52
+            let secs = lowest_equivalent(us) as f64 / 1e6;
+            let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+            self.buckets[i] += n;
+        }
+        self.duration_sum += s.total.as_secs_f64();
+    }
+}
+
+/// The lowest value of the HDR bucket (2 significant digits: 128
+/// sub-buckets per power of two from 256 µs on) whose highest is `us`.
+fn lowest_equivalent(us: u64) -> u64 {
+    if us < 256 {
+        return us;
+    }
+    let width = 1u64 << (63 - us.leading_zeros() - 7);
+    us + 1 - width
+}
+
+/// Counters of one relation on one node.
+#[derive(Clone, Debug, Default)]
+pub struct TableTotals {
+    pub delta: TableDelta,
+}
+
+/// Counters of one node.
+#[derive(Clone, Debug, Default)]
+pub struct NodeTotals {
+    pub batches: u64,
+    pub calls: u64,
+    /// Database time, seconds.
+    pub time: f64,
+    pub last_seen: EpochMillis,
+    /// The agent's own counters (input, log classes, overflow), summed.
+    pub rest: Observations,
+}
+
+/// Key of a table series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableSeries {
+    pub node: Arc<str>,
+    pub database: Arc<str>,
+    pub relation: Arc<str>,
+    pub parent: Arc<str>,
+}
+
+/// All cumulative counters.
+#[derive(Debug, Default)]
+pub struct Totals {
+    max_fingerprints: usize,
+    max_tables: usize,
+    admitted: FxHashSet<Fingerprint>,
+    pub queries: FxHashMap<(SeriesFingerprint, Arc<str>), QueryTotals>,
+    pub tables: FxHashMap<TableSeries, TableTotals>,
+    /// Table deltas of relations past `max_tables` (counted, not exposed per relation).
+    pub tables_folded: u64,
+    pub nodes: FxHashMap<Arc<str>, NodeTotals>,
+}
+
+impl Totals {
+    /// `max_fingerprints` series per node at most (plus `other`),
+    /// `max_tables` relation series.
+    pub fn new(max_fingerprints: usize, max_tables: usize) -> Self {
+        Totals { max_fingerprints, max_tables, ..Totals::default() }
+    }
+
+    /// Adds one row's statistics.
+    pub fn add_query(&mut self, fp: Fingerprint, node: &Arc<str>, stats: &RowStats) {
+        let admitted = self.admitted.contains(&fp)
+            || (self.admitted.len() < self.max_fingerprints && fp != crate::store::OVERFLOW_FINGERPRINT && {
+                self.admitted.insert(fp);
+                true
+            });
+        let key = if admitted { SeriesFingerprint::One(fp) } else { SeriesFingerprint::Other };
+        self.queries.entry((key, node.clone())).or_default().add(stats);
+        let n = self.nodes.entry(node.clone()).or_default();
+        n.calls += stats.exec_calls();
+        n.time += stats.db_time().as_secs_f64();
+    }
+
+    pub fn add_table(&mut self, key: TableSeries, d: &TableDelta) {
+        if !self.tables.contains_key(&key) && self.tables.len() >= self.max_tables {
+            self.tables_folded += 1;
+            return;
+        }
+        self.tables.entry(key).or_default().delta.merge(d);
+    }
+
+    /// Adds what a batch carries besides statements, tables, locks and
+    /// activity (those are already taken out of `rest`).
+    pub fn add_rest(&mut self, node: &Arc<str>, rest: &Observations) {
+        let n = self.nodes.entry(node.clone()).or_default();
+        n.rest.merge(rest.clone());
+    }
+
+    pub fn saw_node(&mut self, node: &Arc<str>, now: EpochMillis) {
+        let n = self.nodes.entry(node.clone()).or_default();
+        n.batches += 1;
+        n.last_seen = now;
+    }
+
+    /// Re-ranks: `top` (best first) are the fingerprints that should have
+    /// series. Admitted fingerprints not in `top` are evicted (their
+    /// series end), then `top` ones are admitted while there is room.
+    pub fn rerank(&mut self, top: &[Fingerprint]) {
+        let keep: FxHashSet<Fingerprint> = top.iter().take(self.max_fingerprints).copied().collect();
+        let evicted: Vec<Fingerprint> = self.admitted.iter().filter(|f| !keep.contains(f)).copied().collect();
+        for f in &evicted {
+            self.admitted.remove(f);
+        }
+        if !evicted.is_empty() {
+            self.queries.retain(|(k, _), _| match k {
+                SeriesFingerprint::One(f) => !evicted.contains(f),
+                SeriesFingerprint::Other => true,
+            });
+        }
+        self.admitted.extend(keep);
+    }
+
+    pub fn admitted(&self) -> usize {
+        self.admitted.len()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::sparse::SparseHistogram;
+    use querywatch_wire::LatencyHistogram;
+    use std::time::Duration;
+
+    fn stats(ms: &[u64]) -> RowStats {
+        let mut h = LatencyHistogram::new();
+        for m in ms {
+            h.record(Duration::from_millis(*m));
+        }
+        RowStats {
+            calls: ms.len() as u64,
+            total: Duration::from_millis(ms.iter().sum()),
+            hist: SparseHistogram::from_dense(&h),
+            ..RowStats::default()
+        }
+    }
+
+    #[test]
+    fn admitted_fingerprints_get_series_the_rest_go_to_other() {
+        let mut t = Totals::new(1, 10);
+        let n: Arc<str> = "n1".into();
+        t.add_query(Fingerprint(1), &n, &stats(&[1, 3]));
+        t.add_query(Fingerprint(2), &n, &stats(&[200]));
+        let one = &t.queries[&(SeriesFingerprint::One(Fingerprint(1)), n.clone())];
+        assert_eq!(one.calls, 2);
+        assert_eq!((one.buckets[1], one.buckets[3]), (1, 1), "1 ms and 3 ms land in the 1 ms and 5 ms buckets");
+        let other = &t.queries[&(SeriesFingerprint::Other, n.clone())];
+        assert_eq!(other.calls, 1);
+        assert_eq!(other.buckets[8], 1, "200 ms is in the 250 ms bucket");
+        // Fingerprint 2 becomes the top one: 1's series ends, 2's starts at zero.
+        t.rerank(&[Fingerprint(2)]);
+        t.add_query(Fingerprint(2), &n, &stats(&[100]));
+        assert!(!t.queries.contains_key(&(SeriesFingerprint::One(Fingerprint(1)), n.clone())));
+        assert_eq!(t.queries[&(SeriesFingerprint::One(Fingerprint(2)), n.clone())].calls, 1);
+        assert_eq!(t.queries[&(SeriesFingerprint::Other, n.clone())].calls, 1, "other never goes down");
+        assert_eq!(t.nodes[&n].calls, 4);
+    }
+
+    #[test]
+    fn lowest_equivalent_matches_hdr() {
+        let mut h = LatencyHistogram::new();
+        for us in [1u64, 255, 256, 1000, 1003, 2992, 3000, 1_000_000] {
+            h.record(Duration::from_micros(us));
+        }
+        for (hi, _) in SparseHistogram::from_dense(&h).buckets() {
+            assert_eq!(h.hdr().lowest_equivalent(*hi), lowest_equivalent(*hi), "{hi}");
+        }
+    }
+
+    #[test]
+    fn table_series_are_capped_and_counted() {
+        let mut t = Totals::new(1, 1);
+        let key =
+            |r: &str| TableSeries { node: "n".into(), database: "d".into(), relation: r.into(), parent: "".into() };
+        let d = TableDelta { seq_scan: 1, ..TableDelta::default() };
+        t.add_table(key("a"), &d);
+        t.add_table(key("a"), &d);
+        t.add_table(key("b"), &d);
+        assert_eq!(t.tables[&key("a")].delta.seq_scan, 2);
+        assert_eq!(t.tables_folded, 1);
+    }
+}

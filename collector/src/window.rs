@@ -1,0 +1,790 @@
+//! The live store: what every agent sent, in time buckets.
+//!
+//! Batches land in 1-minute buckets (by the end of the agent's interval,
+//! the collector's clock when the batch carries no time) keyed per
+//! (fingerprint, database, node). Buckets older than the retention (default
+//! 1 h) are rolled up into 1-hour buckets, kept for the rollup retention
+//! (default 24 h), so long ranges stay answerable at a coarser grain.
+//! A [`Snapshot`] of any range merges the buckets in it.
+//!
+//! Everything is bounded:
+//! - fingerprints (`max_fingerprints`): past the cap a new fingerprint is
+//!   folded into the `<other>` row and its calls are counted;
+//! - nodes (`max_nodes`): batches of further nodes fold into node `<other>`;
+//! - relations, lock groups and activity keys per bucket, likewise;
+//! - memory (`memory_limit`): the store estimates what its buckets hold;
+//!   over the limit it first drops the oldest rollup bucket, then rolls the
+//!   oldest minute bucket up early (minute detail lost, data kept), and only
+//!   when a few minutes remain does it fold new rows into `<other>` — each
+//!   step counted in [`StoreHealth`].
+//!
+//! Strings that repeat in every bucket (databases, nodes, relations) are
+//! interned as `Arc<str>`, so a row key costs three pointers.
+
+use crate::fingerprint::{Fingerprint, Fingerprinter, Method};
+use crate::snapshot::{ActivityRow, LockRow, NodeRow, OverflowCounts, QueryRow, RowStats, Snapshot, TableRow};
+use crate::store::OVERFLOW_FINGERPRINT;
+use crate::totals::{TableSeries, Totals};
+use querywatch_wire::Observations;
+use querywatch_wire::dbstats::{ActivityKey, TableDelta};
+use querywatch_wire::names::OVERFLOW_TEXT;
+use querywatch_wire::observations::{LockKey, LockStats};
+use querywatch_wire::otlp::ResourceInfo;
+use querywatch_wire::stats::EpochMillis;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// Limits and retention of the [`Windows`] store.
+#[derive(Clone, Debug)]
+pub struct WindowConfig {
+    /// How long 1-minute buckets are kept.
+    pub retention: Duration,
+    /// How long the 1-hour rollups of older minutes are kept.
+    pub rollup_retention: Duration,
+    /// Distinct fingerprints tracked.
+    pub max_fingerprints: usize,
+    /// Distinct nodes tracked.
+    pub max_nodes: usize,
+    /// Relations per bucket.
+    pub max_relations: usize,
+    /// Lock-wait groups per bucket.
+    pub max_locks: usize,
+    /// Activity keys per bucket.
+    pub max_activity: usize,
+    /// Masked shapes whose fingerprint is cached.
+    pub fingerprint_cache: usize,
+    /// Estimated bytes the buckets may hold.
+    pub memory_limit: usize,
+    /// Fingerprints with their own cumulative series in `/metrics` (per
+    /// node); the rest add to `fingerprint="other"`.
+    pub series_fingerprints: usize,
+    /// Relations with their own cumulative series in `/metrics`.
+    pub series_tables: usize,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            retention: Duration::from_secs(3600),
+            rollup_retention: Duration::from_secs(24 * 3600),
+            max_fingerprints: 50_000,
+            max_nodes: 1_000,
+            max_relations: 100_000,
+            max_locks: 10_000,
+            max_activity: 10_000,
+            fingerprint_cache: 100_000,
+            memory_limit: 1 << 30,
+            series_fingerprints: 100,
+            series_tables: 2_000,
+        }
+    }
+}
+
+/// The store's own numbers (for `/metrics` and the API).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StoreHealth {
+    pub batches: u64,
+    pub fingerprints: usize,
+    pub nodes: usize,
+    pub minute_buckets: usize,
+    pub rollup_buckets: usize,
+    /// Rows (per fingerprint, database, node and bucket) held.
+    pub rows: usize,
+    pub estimated_bytes: usize,
+    /// Batches whose time was older than the rollup retention: counted, not stored.
+    pub too_old_batches: u64,
+    /// Rollup buckets dropped early to stay under the memory limit.
+    pub evicted_rollups: u64,
+    /// Minute buckets rolled up early to stay under the memory limit.
+    pub early_rollups: u64,
+    /// New rows folded into `<other>` because memory stayed over the limit.
+    pub memory_folded_rows: u64,
+    pub fingerprint_cache_hits: u64,
+    pub fingerprint_cache_misses: u64,
+    /// Shapes pg_query could not parse (fallback fingerprint).
+    pub fingerprint_fallbacks: u64,
+    /// Overflow over the whole retained range.
+    pub overflow: OverflowCounts,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RowKey {
+    fingerprint: Fingerprint,
+    database: Arc<str>,
+    node: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TableKey {
+    node: Arc<str>,
+    database: Arc<str>,
+    relation: Arc<str>,
+    parent: Arc<str>,
+}
+
+/// One time bucket.
+#[derive(Debug, Default)]
+struct Bucket {
+    start: EpochMillis,
+    len: i64,
+    queries: FxHashMap<RowKey, RowStats>,
+    tables: FxHashMap<TableKey, TableDelta>,
+    locks: FxHashMap<(Arc<str>, LockKey), LockStats>,
+    activity: FxHashMap<(Arc<str>, ActivityKey), u64>,
+    nodes: FxHashMap<Arc<str>, Observations>,
+    overflow: OverflowCounts,
+    bytes: usize,
+}
+
+/// Rough per-entry costs for the memory estimate: key, value, hash-table
+/// slot overhead. Measured sizes of the types plus one pointer of slack.
+const ROW_COST: usize = std::mem::size_of::<RowKey>() + std::mem::size_of::<RowStats>() + 16;
+const TABLE_COST: usize = std::mem::size_of::<TableKey>() + std::mem::size_of::<TableDelta>() + 16;
+const LOCK_COST: usize = std::mem::size_of::<LockKey>() + std::mem::size_of::<LockStats>() + 64;
+const ACTIVITY_COST: usize = std::mem::size_of::<ActivityKey>() + 64;
+
+impl Bucket {
+    fn new(start: EpochMillis, len: i64) -> Self {
+        Bucket { start, len, ..Bucket::default() }
+    }
+
+    fn end(&self) -> EpochMillis {
+        self.start + self.len
+    }
+
+    /// Adds another bucket's content (rollup). Caps were enforced when the
+    /// data came in; a rollup only merges keys that already passed them.
+    fn absorb(&mut self, other: Bucket) {
+        for (k, v) in other.queries {
+            match self.queries.get_mut(&k) {
+                Some(mine) => {
+                    let before = mine.heap_bytes();
+                    mine.merge(&v);
+                    self.bytes = self.bytes + mine.heap_bytes() - before.min(mine.heap_bytes());
+                }
+                None => {
+                    self.bytes += ROW_COST + v.heap_bytes();
+                    self.queries.insert(k, v);
+                }
+            }
+        }
+        for (k, v) in other.tables {
+            self.bytes += usize::from(!self.tables.contains_key(&k)) * TABLE_COST;
+            self.tables.entry(k).or_default().merge(&v);
+        }
+        for (k, v) in other.locks {
+            self.bytes += usize::from(!self.locks.contains_key(&k)) * LOCK_COST;
+            self.locks.entry(k).or_default().merge(&v);
+        }
+        for (k, v) in other.activity {
+            self.bytes += usize::from(!self.activity.contains_key(&k)) * ACTIVITY_COST;
+            *self.activity.entry(k).or_default() += v;
+        }
+        for (k, v) in other.nodes {
+            self.nodes.entry(k).or_default().merge(v);
+        }
+        add_overflow(&mut self.overflow, &other.overflow);
+    }
+}
+
+fn add_overflow(a: &mut OverflowCounts, b: &OverflowCounts) {
+    a.query_calls += b.query_calls;
+    a.tables += b.tables;
+    a.locks += b.locks;
+    a.node_batches += b.node_batches;
+    a.agent_calls += b.agent_calls;
+}
+
+#[derive(Clone, Debug)]
+struct FpInfo {
+    text: Arc<str>,
+    method: Method,
+    last_seen: EpochMillis,
+}
+
+#[derive(Clone, Debug)]
+struct NodeInfo {
+    resource: ResourceInfo,
+    last_seen: EpochMillis,
+}
+
+/// The live store. Not thread-safe by itself: the collector keeps it
+/// behind one mutex, fed by one ingest task.
+#[derive(Debug)]
+pub struct Windows {
+    cfg: WindowConfig,
+    fingerprinter: Fingerprinter,
+    fingerprints: FxHashMap<Fingerprint, FpInfo>,
+    strings: FxHashSet<Arc<str>>,
+    nodes: BTreeMap<Arc<str>, NodeInfo>,
+    minutes: VecDeque<Bucket>,
+    hours: VecDeque<Bucket>,
+    health: StoreHealth,
+    /// Cumulative counters since start (what `/metrics` exposes).
+    pub totals: Totals,
+}
+
+/// Interned strings kept at most (databases, nodes, relations, parents);
+/// past it strings are still correct, just not shared.
+const MAX_INTERNED: usize = 500_000;
+
+impl Windows {
+    pub fn new(cfg: WindowConfig) -> Self {
+        Windows {
+            fingerprinter: Fingerprinter::new(cfg.fingerprint_cache),
+            cfg: cfg.clone(),
+            fingerprints: FxHashMap::default(),
+            strings: FxHashSet::default(),
+            nodes: BTreeMap::new(),
+            minutes: VecDeque::new(),
+            hours: VecDeque::new(),
+            health: StoreHealth::default(),
+            totals: Totals::new(cfg.series_fingerprints, cfg.series_tables),
+        }
+    }
+
+    pub fn config(&self) -> &WindowConfig {
+        &self.cfg
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        if self.strings.len() < MAX_INTERNED {
+            self.strings.insert(a.clone());
+        }
+        a
+    }
+
+    /// The bucket for time `t` (ms), created if needed; `None` when `t` is
+    /// older than anything retained.
+    fn bucket_for(&mut self, t: EpochMillis, now: EpochMillis) -> Option<&mut Bucket> {
+        let minute_floor = now - self.retention_ms();
+        if t >= minute_floor {
+            let start = t.div_euclid(MINUTE_MS) * MINUTE_MS;
+            let pos = self.minutes.partition_point(|b| b.start < start);
+            if self.minutes.get(pos).is_none_or(|b| b.start != start) {
+                self.minutes.insert(pos, Bucket::new(start, MINUTE_MS));
+            }
+            return self.minutes.get_mut(pos);
+        }
+        if t >= now - self.rollup_retention_ms() {
+            let start = t.div_euclid(HOUR_MS) * HOUR_MS;
+            let pos = self.hours.partition_point(|b| b.start < start);
+            if self.hours.get(pos).is_none_or(|b| b.start != start) {
+                self.hours.insert(pos, Bucket::new(start, HOUR_MS));
+            }
+            return self.hours.get_mut(pos);
+        }
+        None
+    }
+
+    fn retention_ms(&self) -> i64 {
+        i64::try_from(self.cfg.retention.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+
+    fn rollup_retention_ms(&self) -> i64 {
+        i64::try_from(self.cfg.rollup_retention.as_millis()).unwrap_or(i64::MAX / 4)
+    }
+
+    fn fingerprint(&mut self, text: &str, now: EpochMillis) -> (Fingerprint, bool) {
+        if text == OVERFLOW_TEXT {
+            return (OVERFLOW_FINGERPRINT, true);
+        }
+        let (fp, method) = self.fingerprinter.get(text);
+        if let Some(info) = self.fingerprints.get_mut(&fp) {
+            info.last_seen = info.last_seen.max(now);
+            return (fp, false);
+        }
+        if self.fingerprints.len() >= self.cfg.max_fingerprints {
+            return (OVERFLOW_FINGERPRINT, true);
+        }
+        self.fingerprints.insert(fp, FpInfo { text: text.into(), method, last_seen: now });
+        (fp, false)
+    }
+
+    /// Merges one agent's batch. `now` is the collector's clock (ms).
+    pub fn ingest(&mut self, resource: &ResourceInfo, mut obs: Observations, now: EpochMillis) {
+        self.health.batches += 1;
+        self.roll(now);
+        let (node, node_overflow) = match self.nodes.get_key_value(resource.node.as_str()) {
+            Some((k, _)) => (k.clone(), false),
+            None if self.nodes.len() >= self.cfg.max_nodes => (self.intern(OVERFLOW_TEXT), true),
+            None => (self.intern(&resource.node), false),
+        };
+        if !node_overflow {
+            self.nodes.insert(node.clone(), NodeInfo { resource: resource.clone(), last_seen: now });
+        }
+        self.totals.saw_node(&node, now);
+        // The end of the agent's interval places the batch; a batch from
+        // the future (clock skew) or without times counts as now.
+        let t = obs.last_seen.filter(|t| *t <= now + MINUTE_MS).unwrap_or(now);
+        if self.bucket_for(t, now).is_none() {
+            self.health.too_old_batches += 1;
+            return;
+        }
+        let memory_full = self.make_room();
+
+        // Fingerprint and intern outside the bucket borrow.
+        let statements = std::mem::take(&mut obs.statements);
+        let mut rows = Vec::with_capacity(statements.len());
+        for (key, stats) in statements {
+            let (fp, _) = self.fingerprint(&key.text, now);
+            rows.push((fp, self.intern(&key.database), RowStats::from_statement(&stats)));
+        }
+        let pgss = std::mem::take(&mut obs.db.statements);
+        for (key, delta) in pgss {
+            let (fp, _) = self.fingerprint(&key.text, now);
+            let stats = RowStats { pgss: delta, queryid: Some(key.queryid), ..RowStats::default() };
+            rows.push((fp, self.intern(&key.database), stats));
+        }
+        let tables: Vec<_> = std::mem::take(&mut obs.db.tables)
+            .into_iter()
+            .map(|(k, d)| {
+                let key = TableKey {
+                    node: node.clone(),
+                    database: self.intern(&k.database),
+                    relation: self.intern(&k.relation),
+                    parent: self.intern(&k.parent),
+                };
+                (key, d)
+            })
+            .collect();
+        let other = self.intern(OVERFLOW_TEXT);
+        let (max_rel, max_locks, max_act) = (self.cfg.max_relations, self.cfg.max_locks, self.cfg.max_activity);
+        let mut folded_rows = 0;
+
+        for (fp, _, stats) in &rows {
+            self.totals.add_query(*fp, &node, stats);
+        }
+        for (k, d) in &tables {
+            let series = TableSeries {
+                node: k.node.clone(),
+                database: k.database.clone(),
+                relation: k.relation.clone(),
+                parent: k.parent.clone(),
+            };
+            self.totals.add_table(series, d);
+        }
+
+        let locks = std::mem::take(&mut obs.locks);
+        let activity = std::mem::take(&mut obs.db.activity);
+        self.totals.add_rest(&node, &obs);
+
+        let Some(bucket) = self.bucket_for(t, now) else { return };
+        if node_overflow {
+            bucket.overflow.node_batches += 1;
+        }
+        for (fingerprint, database, stats) in rows {
+            let mut key = RowKey { fingerprint, database, node: node.clone() };
+            if fingerprint == OVERFLOW_FINGERPRINT {
+                bucket.overflow.query_calls += stats.exec_calls();
+            } else if memory_full && !bucket.queries.contains_key(&key) {
+                folded_rows += 1;
+                bucket.overflow.query_calls += stats.exec_calls();
+                key.fingerprint = OVERFLOW_FINGERPRINT;
+            }
+            match bucket.queries.get_mut(&key) {
+                Some(mine) => {
+                    let before = mine.heap_bytes();
+                    mine.merge(&stats);
+                    bucket.bytes = bucket.bytes + mine.heap_bytes() - before.min(mine.heap_bytes());
+                }
+                None => {
+                    bucket.bytes += ROW_COST + stats.heap_bytes();
+                    bucket.queries.insert(key, stats);
+                }
+            }
+        }
+        for (mut key, d) in tables {
+            if !bucket.tables.contains_key(&key) && bucket.tables.len() >= max_rel {
+                bucket.overflow.tables += 1;
+                key.relation = other.clone();
+                key.parent = other.clone();
+            }
+            if !bucket.tables.contains_key(&key) {
+                bucket.bytes += TABLE_COST;
+            }
+            bucket.tables.entry(key).or_default().merge(&d);
+        }
+        for (k, v) in locks {
+            let key = (node.clone(), k);
+            if !bucket.locks.contains_key(&key) {
+                if bucket.locks.len() >= max_locks {
+                    bucket.overflow.locks += v.waits + v.deadlocks;
+                    continue;
+                }
+                bucket.bytes += LOCK_COST;
+            }
+            bucket.locks.entry(key).or_default().merge(&v);
+        }
+        for (k, v) in activity {
+            let key = (node.clone(), k);
+            if !bucket.activity.contains_key(&key) {
+                if bucket.activity.len() >= max_act {
+                    continue;
+                }
+                bucket.bytes += ACTIVITY_COST;
+            }
+            *bucket.activity.entry(key).or_default() += v;
+        }
+        bucket.overflow.agent_calls += obs.overflow_calls;
+        bucket.nodes.entry(node).or_default().merge(obs);
+        self.health.memory_folded_rows += folded_rows;
+    }
+
+    fn bytes(&self) -> usize {
+        self.minutes.iter().chain(&self.hours).map(|b| b.bytes).sum::<usize>()
+            + self.fingerprints.values().map(|f| f.text.len() + 64).sum::<usize>()
+    }
+
+    /// Frees memory when over the limit; true when it could not (new rows
+    /// must then be folded).
+    fn make_room(&mut self) -> bool {
+        while self.bytes() > self.cfg.memory_limit {
+            if self.hours.len() > 1 {
+                self.hours.pop_front();
+                self.health.evicted_rollups += 1;
+            } else if self.minutes.len() > 5 {
+                if let Some(b) = self.minutes.pop_front() {
+                    self.roll_up(b);
+                }
+                self.health.early_rollups += 1;
+            } else {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn roll_up(&mut self, b: Bucket) {
+        let start = b.start.div_euclid(HOUR_MS) * HOUR_MS;
+        let pos = self.hours.partition_point(|h| h.start < start);
+        if self.hours.get(pos).is_none_or(|h| h.start != start) {
+            self.hours.insert(pos, Bucket::new(start, HOUR_MS));
+        }
+        if let Some(h) = self.hours.get_mut(pos) {
+            h.absorb(b);
+        }
+    }
+
+    /// Ages buckets: minutes past the retention are rolled up, rollups
+    /// past theirs dropped, and fingerprints no bucket mentions forgotten.
+    pub fn roll(&mut self, now: EpochMillis) {
+        let minute_floor = now - self.retention_ms();
+        let mut rolled = false;
+        while self.minutes.front().is_some_and(|b| b.end() <= minute_floor) {
+            if let Some(b) = self.minutes.pop_front() {
+                self.roll_up(b);
+                rolled = true;
+            }
+        }
+        let hour_floor = now - self.rollup_retention_ms();
+        while self.hours.front().is_some_and(|b| b.end() <= hour_floor) {
+            self.hours.pop_front();
+            rolled = true;
+        }
+        if rolled {
+            let oldest = self.hours.front().or(self.minutes.front()).map_or(now, |b| b.start);
+            self.fingerprints.retain(|_, f| f.last_seen >= oldest);
+            self.strings.retain(|s| Arc::strong_count(s) > 1);
+        }
+    }
+
+    /// Everything between `from` and `to` (ms, `[from, to)`), optionally
+    /// only one node. Buckets that overlap the range count whole.
+    pub fn snapshot(&self, from: EpochMillis, to: EpochMillis, node: Option<&str>) -> Snapshot {
+        let mut acc = Bucket::new(from, to - from);
+        let mut first = None;
+        let mut last = None;
+        for b in self.hours.iter().chain(&self.minutes) {
+            if b.end() <= from || b.start >= to {
+                continue;
+            }
+            first = Some(first.map_or(b.start, |f: i64| f.min(b.start)));
+            last = Some(last.map_or(b.end(), |l: i64| l.max(b.end())));
+            for (k, v) in &b.queries {
+                if node.is_some_and(|n| *k.node != *n) {
+                    continue;
+                }
+                acc.queries.entry(k.clone()).or_default().merge(v);
+            }
+            for (k, v) in &b.tables {
+                if node.is_none_or(|n| *k.node == *n) {
+                    acc.tables.entry(k.clone()).or_default().merge(v);
+                }
+            }
+            for (k, v) in &b.locks {
+                if node.is_none_or(|n| *k.0 == *n) {
+                    acc.locks.entry(k.clone()).or_default().merge(v);
+                }
+            }
+            for (k, v) in &b.activity {
+                if node.is_none_or(|n| *k.0 == *n) {
+                    *acc.activity.entry(k.clone()).or_default() += v;
+                }
+            }
+            for (k, v) in &b.nodes {
+                if node.is_none_or(|n| **k == *n) {
+                    acc.nodes.entry(k.clone()).or_default().merge(v.clone());
+                }
+            }
+            add_overflow(&mut acc.overflow, &b.overflow);
+        }
+        let other: Arc<str> = OVERFLOW_TEXT.into();
+        let queries = acc
+            .queries
+            .into_iter()
+            .map(|(k, stats)| {
+                let (text, method) = match self.fingerprints.get(&k.fingerprint) {
+                    Some(f) => (f.text.clone(), f.method),
+                    None => (other.clone(), Method::Fallback),
+                };
+                QueryRow { fingerprint: k.fingerprint, database: k.database, node: k.node, text, method, stats }
+            })
+            .collect();
+        let tables = acc
+            .tables
+            .into_iter()
+            .map(|(k, delta)| TableRow {
+                node: k.node,
+                database: k.database,
+                relation: k.relation,
+                parent: k.parent,
+                delta,
+            })
+            .collect();
+        let locks = acc.locks.into_iter().map(|((node, key), stats)| LockRow { node, key, stats }).collect();
+        let activity =
+            acc.activity.into_iter().map(|((node, key), samples)| ActivityRow { node, key, samples }).collect();
+        let mut nodes: Vec<NodeRow> = self
+            .nodes
+            .iter()
+            .filter(|(n, _)| node.is_none_or(|want| ***n == *want))
+            .map(|(n, info)| NodeRow {
+                node: n.clone(),
+                resource: info.resource.clone(),
+                last_seen: info.last_seen,
+                rest: acc.nodes.remove(n).unwrap_or_default(),
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Snapshot {
+            from: first.map_or(from, |f| f.max(from)),
+            to: last.map_or(to, |l| l.min(to)),
+            queries,
+            tables,
+            locks,
+            activity,
+            nodes,
+            overflow: acc.overflow,
+        }
+    }
+
+    /// One fingerprint over time: per bucket in `[from, to)`, its rows
+    /// merged per node. Buckets in order.
+    pub fn series(
+        &self,
+        fingerprint: Fingerprint,
+        from: EpochMillis,
+        to: EpochMillis,
+    ) -> Vec<(EpochMillis, i64, BTreeMap<Arc<str>, RowStats>)> {
+        let mut out = Vec::new();
+        for b in self.hours.iter().chain(&self.minutes) {
+            if b.end() <= from || b.start >= to {
+                continue;
+            }
+            let mut per_node: BTreeMap<Arc<str>, RowStats> = BTreeMap::new();
+            for (k, v) in &b.queries {
+                if k.fingerprint == fingerprint {
+                    per_node.entry(k.node.clone()).or_default().merge(v);
+                }
+            }
+            if !per_node.is_empty() {
+                out.push((b.start, b.len, per_node));
+            }
+        }
+        out
+    }
+
+    /// The text and method of a known fingerprint.
+    pub fn fingerprint_text(&self, fp: Fingerprint) -> Option<(Arc<str>, Method)> {
+        self.fingerprints.get(&fp).map(|f| (f.text.clone(), f.method))
+    }
+
+    /// The latest time data arrived for (ms), if any.
+    pub fn latest(&self) -> Option<EpochMillis> {
+        self.nodes.values().map(|n| n.last_seen).max()
+    }
+
+    pub fn health(&self) -> StoreHealth {
+        let fp = self.fingerprinter.stats();
+        let mut overflow = OverflowCounts::default();
+        for b in self.hours.iter().chain(&self.minutes) {
+            add_overflow(&mut overflow, &b.overflow);
+        }
+        StoreHealth {
+            fingerprints: self.fingerprints.len(),
+            nodes: self.nodes.len(),
+            minute_buckets: self.minutes.len(),
+            rollup_buckets: self.hours.len(),
+            rows: self.minutes.iter().chain(&self.hours).map(|b| b.queries.len()).sum(),
+            estimated_bytes: self.bytes(),
+            fingerprint_cache_hits: fp.hits,
+            fingerprint_cache_misses: fp.misses,
+            fingerprint_fallbacks: fp.fallbacks,
+            overflow,
+            ..self.health.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use querywatch_wire::StatementKey;
+    use querywatch_wire::dbstats::{PgssDelta, PgssKey, TableKey as WireTableKey};
+
+    const T0: EpochMillis = 1_800_000_000_000;
+
+    fn res(node: &str) -> ResourceInfo {
+        ResourceInfo { node: node.into(), ..ResourceInfo::default() }
+    }
+
+    fn obs(at: EpochMillis, calls: &[(&str, u64)]) -> Observations {
+        let mut o = Observations::default();
+        for (text, us) in calls {
+            let key = StatementKey { database: "shop".into(), user: "app".into(), text: (*text).into() };
+            o.statements.entry(key).or_default().record_call(Duration::from_micros(*us), Some(at), text);
+        }
+        o.first_seen = Some(at - 10_000);
+        o.last_seen = Some(at);
+        o
+    }
+
+    #[test]
+    fn nodes_stay_apart_and_merge_per_fingerprint() {
+        let mut w = Windows::new(WindowConfig::default());
+        w.ingest(&res("a"), obs(T0, &[("SELECT x FROM t WHERE id = $1", 100)]), T0);
+        w.ingest(&res("b"), obs(T0, &[("select x from t where id=$1", 300)]), T0);
+        w.ingest(&res("a"), obs(T0 + 1_000, &[("SELECT x FROM t WHERE id = $1", 200)]), T0 + 1_000);
+        let s = w.snapshot(T0 - MINUTE_MS, T0 + MINUTE_MS, None);
+        assert_eq!(s.queries.len(), 2);
+        let fp = s.by_fingerprint();
+        assert_eq!(fp.len(), 1);
+        assert_eq!(fp[0].stats.calls, 3);
+        assert_eq!(fp[0].nodes.len(), 2);
+        let only_b = w.snapshot(T0 - MINUTE_MS, T0 + MINUTE_MS, Some("b"));
+        assert_eq!(only_b.queries.len(), 1);
+        assert_eq!(only_b.queries[0].stats.calls, 1);
+        assert_eq!(only_b.nodes.len(), 1);
+    }
+
+    #[test]
+    fn buckets_roll_up_and_expire_but_totals_survive_the_rollup() {
+        let cfg = WindowConfig {
+            retention: Duration::from_secs(600),
+            rollup_retention: Duration::from_secs(3 * 3600),
+            ..WindowConfig::default()
+        };
+        let mut w = Windows::new(cfg);
+        for m in 0..30 {
+            let t = T0 + m * MINUTE_MS;
+            w.ingest(&res("a"), obs(t, &[("SELECT 1", 1_000)]), t);
+        }
+        let now = T0 + 29 * MINUTE_MS;
+        let h = w.health();
+        assert!(h.minute_buckets <= 11, "{h:?}");
+        assert!(h.rollup_buckets >= 1);
+        let all = w.snapshot(T0 - HOUR_MS, now + MINUTE_MS, None);
+        assert_eq!(all.by_fingerprint()[0].stats.calls, 30);
+        // Three hours later everything has expired, and the fingerprint with it.
+        let later = now + 4 * HOUR_MS;
+        w.ingest(&res("a"), obs(later, &[("SELECT 2", 1_000)]), later);
+        let s = w.snapshot(T0 - HOUR_MS, later + MINUTE_MS, None);
+        assert_eq!(s.queries.len(), 1);
+        assert_eq!(w.health().fingerprints, 1);
+    }
+
+    #[test]
+    fn too_old_batches_are_counted_not_stored() {
+        let mut w = Windows::new(WindowConfig::default());
+        w.ingest(&res("a"), obs(T0 - 48 * HOUR_MS, &[("SELECT 1", 5)]), T0);
+        assert_eq!(w.health().too_old_batches, 1);
+        assert!(w.snapshot(0, T0 + HOUR_MS, None).queries.is_empty());
+    }
+
+    #[test]
+    fn caps_fold_into_other_and_count() {
+        let cfg = WindowConfig { max_fingerprints: 2, max_nodes: 1, ..WindowConfig::default() };
+        let mut w = Windows::new(cfg);
+        // One shape per batch: a batch's statements come in hash order.
+        for text in ["SELECT a FROM t", "SELECT b FROM t", "SELECT c FROM t"] {
+            w.ingest(&res("a"), obs(T0, &[(text, 5)]), T0);
+        }
+        w.ingest(&res("b"), obs(T0, &[("SELECT a FROM t", 5)]), T0);
+        let h = w.health();
+        assert_eq!(h.fingerprints, 2);
+        assert_eq!(h.overflow.query_calls, 1);
+        assert_eq!(h.overflow.node_batches, 1);
+        let s = w.snapshot(T0 - MINUTE_MS, T0 + MINUTE_MS, None);
+        let total: u64 = s.queries.iter().map(|q| q.stats.calls).sum();
+        assert_eq!(total, 4, "nothing is lost, only folded");
+        assert!(s.queries.iter().any(|q| q.fingerprint == OVERFLOW_FINGERPRINT && &*q.text == OVERFLOW_TEXT));
+        assert!(s.queries.iter().any(|q| &*q.node == OVERFLOW_TEXT));
+    }
+
+    #[test]
+    fn statistics_deltas_join_the_log_rows_by_fingerprint() {
+        let mut w = Windows::new(WindowConfig::default());
+        let mut o = obs(T0, &[("SELECT x FROM t WHERE id = $1", 100)]);
+        let key = PgssKey {
+            database: "shop".into(),
+            user: "app".into(),
+            queryid: 42,
+            toplevel: true,
+            text: "SELECT x FROM t WHERE id = $1".into(),
+        };
+        o.db.statements
+            .insert(key, PgssDelta { calls: 9, exec_time: Duration::from_millis(2), ..PgssDelta::default() });
+        let tk = WireTableKey { database: "shop".into(), relation: "public.t_p1".into(), parent: "public.t".into() };
+        o.db.tables.insert(tk, TableDelta { seq_scan: 4, ..TableDelta::default() });
+        w.ingest(&res("a"), o, T0);
+        let s = w.snapshot(T0 - MINUTE_MS, T0 + MINUTE_MS, None);
+        assert_eq!(s.queries.len(), 1);
+        let q = &s.queries[0].stats;
+        assert_eq!((q.calls, q.pgss.calls, q.queryid, q.exec_calls()), (1, 9, Some(42), 9));
+        assert_eq!(s.tables.len(), 1);
+        assert_eq!((&*s.tables[0].parent, s.tables[0].delta.seq_scan), ("public.t", 4));
+        let series = w.series(s.queries[0].fingerprint, T0 - HOUR_MS, T0 + HOUR_MS);
+        assert_eq!(series.len(), 1);
+    }
+
+    #[test]
+    fn over_the_memory_limit_old_detail_goes_first_then_rows_fold() {
+        let cfg = WindowConfig { memory_limit: 64 * 1024, ..WindowConfig::default() };
+        let mut w = Windows::new(cfg);
+        let mut sent = 0;
+        for m in 0..20 {
+            let t = T0 + m * MINUTE_MS;
+            let texts: Vec<String> = (0..40).map(|i| format!("SELECT c{i} FROM t{m}")).collect();
+            let calls: Vec<(&str, u64)> = texts.iter().map(|s| (s.as_str(), 50)).collect();
+            sent += calls.len() as u64;
+            w.ingest(&res("a"), obs(t, &calls), t);
+        }
+        let h = w.health();
+        assert!(h.early_rollups > 0 || h.memory_folded_rows > 0, "{h:?}");
+        let s = w.snapshot(0, T0 + HOUR_MS, None);
+        let seen: u64 = s.queries.iter().map(|q| q.stats.calls).sum();
+        assert_eq!(seen, sent, "folding and rolling up lose no call");
+    }
+}
