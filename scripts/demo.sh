@@ -102,7 +102,8 @@ port_of=()
 for n in 1 2 3; do
     dir="$work/n$n"
     mkdir -p "$dir/data" "$dir/sock" "$dir/state"
-    [[ ${#as_pg[@]} -gt 0 ]] && chown -R querywatch-pg: "$dir/data" "$dir/sock"
+    # The server user writes its data, socket and server log here.
+    [[ ${#as_pg[@]} -gt 0 ]] && chown -R querywatch-pg: "$dir"
     "${as_pg[@]}" "$pg_bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
     port=$(free_port $((54320 + n)))
     port_of[$n]=$port
@@ -113,12 +114,13 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir/sock'
 log_destination = 'csvlog'
 log_rotation_size = '20MB'
-auto_explain.log_min_duration = '200ms'
+auto_explain.log_min_duration = '20ms'
 EOF
     "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
     psql=("$pg_bin/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -v ON_ERROR_STOP=1)
     "${psql[@]}" -d postgres -c "CREATE DATABASE shop" >/dev/null
     "${psql[@]}" -d shop >/dev/null <<'EOF'
+CREATE EXTENSION pg_stat_statements;
 CREATE TABLE events (k int NOT NULL, v int NOT NULL) PARTITION BY LIST (k);
 DO $$ BEGIN FOR p IN 0..7 LOOP
   EXECUTE format('CREATE TABLE events_p%s PARTITION OF events FOR VALUES IN (%s)', p, p);
@@ -169,6 +171,28 @@ EOF
     pids+=($!)
 done
 
+# --- Prometheus, when installed (scripts/deps.sh installs it) -----------------
+prom_url=""
+if command -v prometheus >/dev/null; then
+    prom_port=$(free_port 9090)
+    mkdir -p "$work/prometheus/rules"
+    # The demo's copy of the rules fires sooner: every `for:` is 1m (the
+    # shipped rules wait 10-15 minutes so that a blip pages nobody).
+    sed -E 's/^( *for: ).*/\11m/' deploy/prometheus/rules/querywatch.rules.yml \
+        >"$work/prometheus/rules/querywatch.rules.yml"
+    cat >"$work/prometheus/prometheus.yml" <<EOF
+global: {scrape_interval: 5s, evaluation_interval: 5s}
+rule_files: [rules/querywatch.rules.yml]
+scrape_configs:
+  - job_name: querywatch-collector
+    static_configs: [{targets: ["127.0.0.1:$api_port"]}]
+EOF
+    prometheus --config.file="$work/prometheus/prometheus.yml" --storage.tsdb.path="$work/prometheus/data" \
+        --web.listen-address="127.0.0.1:$prom_port" >"$work/prometheus.log" 2>&1 &
+    pids+=($!)
+    prom_url="http://127.0.0.1:$prom_port/alerts"
+fi
+
 # --- workload -----------------------------------------------------------------
 q() { "$pg_bin/psql" -X -q -h 127.0.0.1 -p "${port_of[$1]}" -U postgres -d shop -v ON_ERROR_STOP=1 "${@:2}" >/dev/null 2>&1; }
 partitions() { # node, percent of lookups on partition 3
@@ -182,19 +206,19 @@ partitions() { # node, percent of lookups on partition 3
 slow() {
     while true; do
         q 1 -c "SELECT id, pad FROM big WHERE val = $((RANDOM % 100000))" || true
-        sleep 0.5
+        sleep 0.1
     done
 }
 convoy() {
     while true; do
         q 3 <<<"BEGIN;
 UPDATE accounts SET v = v + 1 WHERE id = 1;
-SELECT pg_sleep(1.5);
+SELECT pg_sleep(1);
 COMMIT;" &
         sleep 0.3
         q 3 -c "UPDATE accounts SET v = v + 2 WHERE id = 1" || true
         wait
-        sleep 4
+        sleep 5
     done
 }
 partitions 1 0 & pids+=($!)
@@ -210,6 +234,7 @@ cat <<EOF
     findings:   http://127.0.0.1:$api_port/api/v1/findings
     metrics:    http://127.0.0.1:$api_port/metrics
     OTLP:       gRPC 127.0.0.1:$grpc, HTTP 127.0.0.1:$otlp_http
+    Prometheus: ${prom_url:-not installed (scripts/deps.sh installs it): no alerts}
   Findings appear below as the collector opens them (about half a minute).
   $( ((duration > 0)) && echo "Stopping after ${duration}s." || echo "Ctrl-C stops and cleans up.")
 

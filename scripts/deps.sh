@@ -8,10 +8,15 @@
 #   pgbadger             the peer the benchmark compares against
 #   time                 GNU time: /usr/bin/time -f %M gives the benchmark's peak RSS
 #   python3-venv         the venv below (Debian's python3 has no ensurepip without it)
+#   prometheus           promtool: `promtool check rules|config` and `promtool test rules`
+#                        on deploy/prometheus/ (tests/it/prometheus_rules.rs)
+#   chromium             the browser tests/it/web_page.rs drives (/usr/bin/chromium)
 #
 # It also creates target/pyenv, a venv with the official Python
 # opentelemetry-proto package, for wire/tests/python_interop.rs, and the
-# Python SDK with its OTLP exporters, for collector/tests/receive.rs.
+# Python SDK with its OTLP exporters, for collector/tests/receive.rs; and
+# target/node, Playwright's library (playwright-core, no browser download) for
+# tests/it/web_page.rs, with the machine's node and npm.
 #
 # Idempotent: when everything is present it prints only the PostgreSQL bin dir
 # on stdout (so callers can do `PG_BIN=$(scripts/deps.sh)`), nothing else.
@@ -31,7 +36,7 @@ case "${1:-}" in
     *) echo "usage: scripts/deps.sh [--build-only]" >&2; exit 2 ;;
 esac
 
-packages=(libclang-dev postgresql postgresql-contrib pgbadger time python3-venv)
+packages=(libclang-dev postgresql postgresql-contrib pgbadger time python3-venv chromium prometheus)
 if $build_only; then
     packages=(libclang-dev)
 fi
@@ -88,6 +93,30 @@ if ! "$pyenv_dir/bin/python" -c "import importlib.metadata as m, sys; sys.exit(a
     echo "deps.sh: creating $pyenv_dir with ${otlp_py_packages[*]}" >&2
     python3 -m venv "$pyenv_dir" >&2
     "$pyenv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "${otlp_py_packages[@]}" >&2
+fi
+
+# The web page test drives Debian's chromium through Playwright's library
+# alone: playwright-core never downloads a browser of its own. Installed with
+# the machine's node and npm into target/node (never globally).
+playwright_version=1.65.1
+node_dir="$(cd "$(dirname "$0")/.." && pwd)/target/node"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "deps.sh: node and npm are needed for tests/it/web_page.rs (Debian: nodejs, npm)" >&2
+    exit 1
+fi
+if ! node -e "process.exit(require('$node_dir/node_modules/playwright-core/package.json').version === '$playwright_version' ? 0 : 1)" >/dev/null 2>&1; then
+    echo "deps.sh: installing playwright-core@$playwright_version into $node_dir" >&2
+    npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error "playwright-core@$playwright_version" >&2
+fi
+
+# Validators of the deployment files (tests/it/deploy_files.rs), in the same
+# venv; once installed they work offline: check-jsonschema vendors the
+# compose-spec JSON schema (`--builtin-schema vendor.compose-spec`),
+# kubernetes-validate the Kubernetes API schemas of each release it names.
+deploy_py_packages=("check-jsonschema==0.39.0" "kubernetes-validate==1.37.0")
+if ! "$pyenv_dir/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('check-jsonschema') != '0.39.0' or m.version('kubernetes-validate') != '1.37.0')" >/dev/null 2>&1; then
+    echo "deps.sh: installing ${deploy_py_packages[*]} into $pyenv_dir" >&2
+    "$pyenv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "${deploy_py_packages[@]}" >&2
 fi
 
 # Find the server binaries. Debian's pg_config (postgresql-common/libpq-dev)

@@ -20,6 +20,9 @@ pub struct ConfigArgs {
     /// Collector OTLP endpoint, e.g. http://collector:4317 (beats OTEL_EXPORTER_OTLP_ENDPOINT and [export] endpoint).
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
+    /// OTLP transport: grpc or http/protobuf (beats OTEL_EXPORTER_OTLP_PROTOCOL and [export] protocol).
+    #[arg(long, value_name = "PROTOCOL")]
+    pub protocol: Option<String>,
     /// This node's name, sent as querywatch.node (beats `node` in the file; default: the host name).
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
@@ -38,11 +41,11 @@ impl ConfigArgs {
         let raw = read_file(&self.config)?;
         let overrides = Overrides {
             endpoint: self.endpoint,
+            protocol: self.protocol,
             node: self.node,
             log_directory: self.log_directory,
             state_dir: self.state_dir,
             dsn,
-            ..Overrides::default()
         };
         Config::resolve(raw, &Env::from_process(), &overrides)
             .with_context(|| format!("configuration {}", self.config.display()))

@@ -432,6 +432,14 @@ pub fn evaluate(config: &Config, facts: &Facts) -> Vec<Finding> {
     let prefix = config.logs.as_ref().and_then(|l| l.prefix.as_ref()).map(Prefix::as_str);
     let mut out = Vec::new();
     match &facts.database {
+        // Logs alone are a valid set-up: the agent does its job without
+        // the statistics source, so this warns (and says what is missed).
+        Err(_) if config.database.is_none() => out.push(Finding::warn(
+            "database",
+            "no [database] dsn: the agent runs on the log source alone (no pg_stat_statements, table or \
+             activity statistics) and the server's settings are not checked",
+            "set [database] dsn (or --dsn, QUERYWATCH_DSN) to a role with pg_monitor",
+        )),
         Err(e) => out.push(Finding::fail(
             "database",
             format!("cannot read the server's settings: {e}"),
@@ -878,7 +886,7 @@ mod tests {
 
     #[test]
     fn unreachable_database_fails_the_database_checks_only() {
-        let c = config("node = \"n\"\n[logs]\ndirectory = \"/logs\"");
+        let c = config("node = \"n\"\n[logs]\ndirectory = \"/logs\"\n[database]\ndsn = \"host=db\"");
         let facts = Facts {
             database: Err("connection refused".into()),
             log_dir: LogDirProbe::Listed { dir: "/logs".into(), pattern: "p*".into(), matching: 1, readable: 1 },
@@ -892,6 +900,12 @@ mod tests {
         assert_eq!(f[0].status, Status::Fail);
         assert!(f[1..].iter().all(|f| f.status == Status::Ok));
         assert!(!passed(&f));
+
+        // Without a DSN at all, logs alone: a warning, and the check passes.
+        let logs_only = config("node = \"n\"\n[logs]\ndirectory = \"/logs\"");
+        let f = evaluate(&logs_only, &facts);
+        assert_eq!(f[0].status, Status::Warn, "{f:?}");
+        assert!(passed(&f), "{f:?}");
 
         let facts = Facts { database: Ok(db(good())), ..facts };
         let f = evaluate(&c, &facts);

@@ -41,6 +41,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// Runs `f`, which waits for the store's lock and copies out of it, without
+/// stalling the runtime's other tasks (OTLP ingest shares the runtime).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
@@ -82,7 +88,10 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    let body = crate::metrics::render(&s, now_ms());
+    // Rendering takes the store's lock: off the runtime's threads.
+    let Ok(body) = tokio::task::spawn_blocking(move || crate::metrics::render(&s, now_ms())).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "rendering /metrics failed");
+    };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
@@ -213,7 +222,7 @@ async fn queries(State(s): State<Arc<Shared>>, Query(p): Query<QueriesParams>) -
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let mut snap = lock(&s.windows).snapshot(from, to, p.node.as_deref());
+    let mut snap = blocking(|| lock(&s.windows).snapshot(from, to, p.node.as_deref()));
     if let Some(db) = &p.database {
         snap.queries.retain(|q| &*q.database == db.as_str());
     }
@@ -266,7 +275,7 @@ async fn queries(State(s): State<Arc<Shared>>, Query(p): Query<QueriesParams>) -
         .into_response();
     }
     // After sorting and the limit: only the rows returned pay for a series.
-    let series: Vec<Vec<Value>> = {
+    let series: Vec<Vec<Value>> = blocking(|| {
         let w = lock(&s.windows);
         rows.iter()
             .map(|q| {
@@ -284,7 +293,7 @@ async fn queries(State(s): State<Arc<Shared>>, Query(p): Query<QueriesParams>) -
                     .collect()
             })
             .collect()
-    };
+    });
     let rows: Vec<Value> = rows
         .iter()
         .zip(series)
@@ -315,10 +324,10 @@ async fn query(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let (snap, series, known) = {
+    let (snap, series, known) = blocking(|| {
         let w = lock(&s.windows);
         (w.snapshot(from, to, None), w.series(fp, from, to), w.fingerprint_text(fp))
-    };
+    });
     let Some((text, method)) = known else {
         return error(StatusCode::NOT_FOUND, format!("fingerprint {fp} is not known (expired or never seen)"));
     };
@@ -408,7 +417,7 @@ async fn partitions(State(s): State<Arc<Shared>>, Query(p): Query<RangeParams>) 
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let snap = lock(&s.windows).snapshot(from, to, None);
+    let snap = blocking(|| lock(&s.windows).snapshot(from, to, None));
     axum::Json(json!({ "from": snap.from, "to": snap.to, "parents": crate::load::partitions(&snap) })).into_response()
 }
 
@@ -418,7 +427,7 @@ async fn nodes(State(s): State<Arc<Shared>>, Query(p): Query<RangeParams>) -> Re
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let snap = lock(&s.windows).snapshot(from, to, None);
+    let snap = blocking(|| lock(&s.windows).snapshot(from, to, None));
     let load = crate::load::nodes(&snap);
     let list: Vec<Value> = snap
         .nodes

@@ -60,7 +60,8 @@ pub struct RawReceive {
     /// Largest request accepted, compressed or not (bytes, default 16 MiB).
     pub max_request_bytes: Option<usize>,
     /// Decoded batches waiting for the store; when full, senders are told
-    /// to retry later (HTTP 503 / gRPC UNAVAILABLE, with the delay). Default 256.
+    /// to retry later (HTTP 503 / gRPC UNAVAILABLE, with the delay). Default 64
+    /// (a decoded batch of 500 statements holds a few MiB until merged).
     pub queue: Option<usize>,
 }
 
@@ -195,7 +196,7 @@ impl Config {
         if max_request_bytes < 1024 {
             return Err(invalid("receive.max_request_bytes", "must be at least 1024"));
         }
-        let queue = r.queue.unwrap_or(256);
+        let queue = r.queue.unwrap_or(64);
         if queue == 0 {
             return Err(invalid("receive.queue", "must be at least 1"));
         }

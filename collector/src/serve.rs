@@ -126,7 +126,9 @@ pub fn detect_pass(shared: &Shared, now: EpochMillis) {
         w.roll(now);
         let from = now - ms(cfg.detect_window);
         let window = w.snapshot(from, now + 1, None);
-        let baseline = w.snapshot(from - ms(cfg.baseline), from, None);
+        // The baseline only matters for fingerprints seen recently.
+        let recent: rustc_hash::FxHashSet<_> = window.queries.iter().map(|q| q.fingerprint).collect();
+        let baseline = w.snapshot_of(from - ms(cfg.baseline), from, &recent);
         // The top fingerprints by time get their own /metrics series.
         let mut top = window.by_fingerprint();
         top.sort_by_key(|r| std::cmp::Reverse(r.stats.db_time()));
@@ -204,11 +206,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let (grpc, otlp_http) = (receiver.grpc_addr(), receiver.http_addr());
     tasks.spawn(receiver.serve(stopped(stop_rx.clone())));
 
-    // Ingest: the only writer of the store. It ends when every sender is
-    // gone (the receiver stopped), after draining the queue.
+    // Ingest: the only writer of the store, on a thread of its own — it
+    // waits for the store's lock (held by detection and API snapshots), and
+    // must not park one of the runtime's few threads that serve OTLP while
+    // it does. It ends when every sender is gone (the receiver stopped),
+    // after draining the queue.
     let s = shared.clone();
-    tasks.spawn(async move {
-        while let Some(batch) = rx.recv().await {
+    tasks.spawn_blocking(move || {
+        while let Some(batch) = rx.blocking_recv() {
             s.queued.store(u64::try_from(rx.len()).unwrap_or(0), Ordering::Relaxed);
             lock(&s.windows).ingest(&batch.resource, batch.obs, now_ms());
         }

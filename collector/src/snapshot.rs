@@ -20,7 +20,7 @@ use querywatch_wire::Observations;
 use querywatch_wire::dbstats::{ActivityKey, PgssDelta, TableDelta};
 use querywatch_wire::observations::{LockKey, LockStats};
 use querywatch_wire::otlp::ResourceInfo;
-use querywatch_wire::stats::{EpochMillis, ErrorStat, PlanSample, Sample, StatementStats};
+use querywatch_wire::stats::{self, EpochMillis, ErrorStat, PlanSample, Sample, StatementStats};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ impl RowStats {
             total: s.total,
             min: s.min,
             max: s.max,
-            hist: SparseHistogram::from_dense(&s.hist),
+            hist: SparseHistogram::from_latency(&s.hist),
             rows: s.rows,
             errors: s.errors.clone(),
             temp_files: s.temp_files,
@@ -78,35 +78,15 @@ impl RowStats {
     pub fn merge(&mut self, o: &RowStats) {
         self.calls += o.calls;
         self.total += o.total;
-        self.min = match (self.min, o.min) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.min = stats::merge_min(self.min, o.min);
         self.max = self.max.max(o.max);
         self.hist.merge(&o.hist);
-        self.rows = match (self.rows, o.rows) {
-            (Some(a), Some(b)) => Some(a + b),
-            (a, b) => a.or(b),
-        };
-        for (state, e) in &o.errors {
-            let mine = self.errors.entry(state.clone()).or_default();
-            if mine.message.is_empty() {
-                mine.message.clone_from(&e.message);
-            }
-            mine.count += e.count;
-        }
+        self.rows = stats::merge_rows(self.rows, o.rows);
+        stats::merge_errors(&mut self.errors, &o.errors);
         self.temp_files += o.temp_files;
         self.temp_bytes += o.temp_bytes;
-        if let Some(s) = &o.slowest
-            && self.slowest.as_ref().is_none_or(|m| s.duration > m.duration)
-        {
-            self.slowest = Some(s.clone());
-        }
-        if let Some(p) = &o.slowest_plan
-            && self.slowest_plan.as_ref().is_none_or(|m| p.duration > m.duration)
-        {
-            self.slowest_plan = Some(p.clone());
-        }
+        stats::keep_slowest(&mut self.slowest, o.slowest.as_ref(), |s| s.duration);
+        stats::keep_slowest(&mut self.slowest_plan, o.slowest_plan.as_ref(), |p| p.duration);
         self.pgss.merge(&o.pgss);
         self.queryid = self.queryid.or(o.queryid);
         self.first_seen = opt(self.first_seen, o.first_seen, i64::min);

@@ -7,8 +7,10 @@
 //! `(bucket value, count)` pairs sorted by value: 16 bytes a bucket used.
 //!
 //! The bucket values are HDR's own (the highest value equivalent to the
-//! bucket), so converting from the dense form and back loses nothing, two
-//! sparse histograms add exactly, and quantiles are HDR's quantiles.
+//! bucket), so converting from a [`LatencyHistogram`] and back loses
+//! nothing, two sparse histograms add exactly, and quantiles are HDR's
+//! quantiles. What the decoder hands over is already in this form (the
+//! sparse [`LatencyHistogram`]), so taking it is a copy of its buckets.
 
 use querywatch_wire::LatencyHistogram;
 use std::time::Duration;
@@ -21,14 +23,14 @@ pub struct SparseHistogram {
 }
 
 impl SparseHistogram {
-    /// The non-empty buckets of a dense histogram.
-    pub fn from_dense(h: &LatencyHistogram) -> Self {
-        let buckets = h.hdr().iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
-        SparseHistogram { buckets }
+    /// The non-empty buckets of `h` (a copy when `h` is in its sparse
+    /// form, as decoded histograms are).
+    pub fn from_latency(h: &LatencyHistogram) -> Self {
+        SparseHistogram { buckets: h.buckets().collect() }
     }
 
-    /// The dense form (bucket for bucket the histogram it came from).
-    pub fn to_dense(&self) -> LatencyHistogram {
+    /// As a [`LatencyHistogram`] (bucket for bucket the histogram it came from).
+    pub fn to_latency(&self) -> LatencyHistogram {
         let mut h = LatencyHistogram::new();
         for &(v, n) in &self.buckets {
             h.record_n(Duration::from_micros(v), n);
@@ -133,14 +135,14 @@ mod tests {
             q in 0.0f64..=1.0,
         ) {
             let (da, db) = (dense(&a), dense(&b));
-            let mut sa = SparseHistogram::from_dense(&da);
+            let mut sa = SparseHistogram::from_latency(&da);
             prop_assert_eq!(sa.quantile(q), da.quantile(q));
-            sa.merge(&SparseHistogram::from_dense(&db));
+            sa.merge(&SparseHistogram::from_latency(&db));
             let mut dm = da.clone();
             dm.merge(&db);
             prop_assert_eq!(sa.count(), dm.count());
             prop_assert_eq!(sa.quantile(q), dm.quantile(q));
-            prop_assert_eq!(SparseHistogram::from_dense(&sa.to_dense()), sa);
+            prop_assert_eq!(SparseHistogram::from_latency(&sa.to_latency()), sa);
         }
     }
 
@@ -149,6 +151,6 @@ mod tests {
         let s = SparseHistogram::default();
         assert_eq!(s.count(), 0);
         assert_eq!(s.quantile(0.99), Duration::ZERO);
-        assert_eq!(SparseHistogram::from_dense(&LatencyHistogram::new()), s);
+        assert_eq!(SparseHistogram::from_latency(&LatencyHistogram::new()), s);
     }
 }

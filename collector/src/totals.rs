@@ -203,7 +203,7 @@ mod tests {
         RowStats {
             calls: ms.len() as u64,
             total: Duration::from_millis(ms.iter().sum()),
-            hist: SparseHistogram::from_dense(&h),
+            hist: SparseHistogram::from_latency(&h),
             ..RowStats::default()
         }
     }
@@ -231,12 +231,14 @@ mod tests {
 
     #[test]
     fn lowest_equivalent_matches_hdr() {
+        // The layout of `LatencyHistogram`: lowest value 1 µs, 2 digits.
+        let hdr = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 2, 2).unwrap();
         let mut h = LatencyHistogram::new();
         for us in [1u64, 255, 256, 1000, 1003, 2992, 3000, 1_000_000] {
             h.record(Duration::from_micros(us));
         }
-        for (hi, _) in SparseHistogram::from_dense(&h).buckets() {
-            assert_eq!(h.hdr().lowest_equivalent(*hi), lowest_equivalent(*hi), "{hi}");
+        for (hi, _) in SparseHistogram::from_latency(&h).buckets() {
+            assert_eq!(hdr.lowest_equivalent(*hi), lowest_equivalent(*hi), "{hi}");
         }
     }
 

@@ -147,6 +147,8 @@ struct Bucket {
 const ROW_COST: usize = std::mem::size_of::<RowKey>() + std::mem::size_of::<RowStats>() + 16;
 const TABLE_COST: usize = std::mem::size_of::<TableKey>() + std::mem::size_of::<TableDelta>() + 16;
 const LOCK_COST: usize = std::mem::size_of::<LockKey>() + std::mem::size_of::<LockStats>() + 64;
+/// A fingerprint's entry besides its text: key, info, table slot.
+const FP_COST: usize = std::mem::size_of::<Fingerprint>() + std::mem::size_of::<FpInfo>() + 16;
 const ACTIVITY_COST: usize = std::mem::size_of::<ActivityKey>() + 64;
 
 impl Bucket {
@@ -221,6 +223,8 @@ pub struct Windows {
     cfg: WindowConfig,
     fingerprinter: Fingerprinter,
     fingerprints: FxHashMap<Fingerprint, FpInfo>,
+    /// Bytes the fingerprint texts hold (see [`Windows::bytes`]).
+    fingerprint_bytes: usize,
     strings: FxHashSet<Arc<str>>,
     nodes: BTreeMap<Arc<str>, NodeInfo>,
     minutes: VecDeque<Bucket>,
@@ -240,6 +244,7 @@ impl Windows {
             fingerprinter: Fingerprinter::new(cfg.fingerprint_cache),
             cfg: cfg.clone(),
             fingerprints: FxHashMap::default(),
+            fingerprint_bytes: 0,
             strings: FxHashSet::default(),
             nodes: BTreeMap::new(),
             minutes: VecDeque::new(),
@@ -307,6 +312,7 @@ impl Windows {
         if self.fingerprints.len() >= self.cfg.max_fingerprints {
             return (OVERFLOW_FINGERPRINT, true);
         }
+        self.fingerprint_bytes += FP_COST + text.len();
         self.fingerprints.insert(fp, FpInfo { text: text.into(), method, last_seen: now });
         (fp, false)
     }
@@ -441,9 +447,11 @@ impl Windows {
         self.health.memory_folded_rows += folded_rows;
     }
 
+    /// The memory estimate: per bucket (kept as rows come in) and the
+    /// fingerprint texts (kept as they come and go), never a walk over
+    /// every row — this runs for every batch.
     fn bytes(&self) -> usize {
-        self.minutes.iter().chain(&self.hours).map(|b| b.bytes).sum::<usize>()
-            + self.fingerprints.values().map(|f| f.text.len() + 64).sum::<usize>()
+        self.minutes.iter().chain(&self.hours).map(|b| b.bytes).sum::<usize>() + self.fingerprint_bytes
     }
 
     /// Frees memory when over the limit; true when it could not (new rows
@@ -494,7 +502,15 @@ impl Windows {
         }
         if rolled {
             let oldest = self.hours.front().or(self.minutes.front()).map_or(now, |b| b.start);
-            self.fingerprints.retain(|_, f| f.last_seen >= oldest);
+            let mut freed = 0;
+            self.fingerprints.retain(|_, f| {
+                let keep = f.last_seen >= oldest;
+                if !keep {
+                    freed += FP_COST + f.text.len();
+                }
+                keep
+            });
+            self.fingerprint_bytes -= freed;
             self.strings.retain(|s| Arc::strong_count(s) > 1);
         }
     }
@@ -502,6 +518,24 @@ impl Windows {
     /// Everything between `from` and `to` (ms, `[from, to)`), optionally
     /// only one node. Buckets that overlap the range count whole.
     pub fn snapshot(&self, from: EpochMillis, to: EpochMillis, node: Option<&str>) -> Snapshot {
+        self.snapshot_with(from, to, node, None)
+    }
+
+    /// Only the statement rows of `fingerprints` between `from` and `to`:
+    /// what a latency baseline needs, at a fraction of a full snapshot's
+    /// cost (no tables, locks, activity or node data; other fingerprints
+    /// skipped before anything is copied).
+    pub fn snapshot_of(&self, from: EpochMillis, to: EpochMillis, fingerprints: &FxHashSet<Fingerprint>) -> Snapshot {
+        self.snapshot_with(from, to, None, Some(fingerprints))
+    }
+
+    fn snapshot_with(
+        &self,
+        from: EpochMillis,
+        to: EpochMillis,
+        node: Option<&str>,
+        only: Option<&FxHashSet<Fingerprint>>,
+    ) -> Snapshot {
         let mut acc = Bucket::new(from, to - from);
         let mut first = None;
         let mut last = None;
@@ -512,10 +546,13 @@ impl Windows {
             first = Some(first.map_or(b.start, |f: i64| f.min(b.start)));
             last = Some(last.map_or(b.end(), |l: i64| l.max(b.end())));
             for (k, v) in &b.queries {
-                if node.is_some_and(|n| *k.node != *n) {
+                if node.is_some_and(|n| *k.node != *n) || only.is_some_and(|f| !f.contains(&k.fingerprint)) {
                     continue;
                 }
                 acc.queries.entry(k.clone()).or_default().merge(v);
+            }
+            if only.is_some() {
+                continue;
             }
             for (k, v) in &b.tables {
                 if node.is_none_or(|n| *k.node == *n) {

@@ -47,18 +47,24 @@ pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
-/// Starts `querywatch collector` on free ports; returns it with its
-/// OTLP/gRPC and API addresses (read from the line it prints at start).
+/// Starts `querywatch collector` on free ports, detecting every second;
+/// returns it with its OTLP/gRPC and API addresses. `extra_config` is
+/// appended to the file (more `[detect]` keys, or further tables).
 pub(crate) fn start_collector(dir: &Path, extra_config: &str) -> (Proc, String, String) {
-    let config = dir.join("collector.toml");
-    fs::write(
-        &config,
-        format!(
-            "[receive]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [detect]\ninterval = \"1s\"\n{extra_config}"
-        ),
-    )
-    .unwrap();
+    let config = format!(
+        "[receive]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [detect]\ninterval = \"1s\"\n{extra_config}"
+    );
+    start_collector_with(dir, "collector", &config)
+}
+
+/// Starts `querywatch collector` with the configuration `config` (written
+/// to `dir/NAME.toml`; its listeners must be on port 0 or free ports);
+/// returns it with its OTLP/gRPC and API addresses, read from the line it
+/// prints at start. Its stderr goes on to `dir/NAME.stderr`.
+pub(crate) fn start_collector_with(dir: &Path, name: &str, config_text: &str) -> (Proc, String, String) {
+    let config = dir.join(format!("{name}.toml"));
+    fs::write(&config, config_text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_querywatch"))
         .args(["collector", "--config"])
         .arg(&config)
@@ -71,7 +77,7 @@ pub(crate) fn start_collector(dir: &Path, extra_config: &str) -> (Proc, String, 
     let mut lines = BufReader::new(stderr).lines();
     let line = lines.next().and_then(Result::ok).unwrap_or_default();
     // Keep draining so the collector never blocks on a full pipe.
-    let log = dir.join("collector.stderr");
+    let log = dir.join(format!("{name}.stderr"));
     thread::spawn(move || {
         let mut f = fs::File::create(log).unwrap();
         for l in lines.map_while(Result::ok) {
@@ -119,9 +125,18 @@ pub(crate) fn start_agent(dir: &Path, node: &str, cluster: &PgCluster, grpc: &st
     Proc(child)
 }
 
+/// A file name no other test in this process uses (tests run in threads
+/// of one process, so the pid alone is not unique).
+fn scratch_file(what: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("qw-e2e-{what}-{}-{n}.sql", std::process::id()))
+}
+
 pub(crate) fn schema() -> String {
     let mut sql = String::from(
-        "CREATE TABLE events (k int NOT NULL, v int NOT NULL) PARTITION BY LIST (k);\n\
+        "CREATE EXTENSION pg_stat_statements;\n\
+         CREATE TABLE events (k int NOT NULL, v int NOT NULL) PARTITION BY LIST (k);\n\
          CREATE TABLE big (id int, val int, pad text);\n\
          INSERT INTO big SELECT g, g % 100000, 'x' FROM generate_series(1, 600000) g;\n\
          CREATE TABLE accounts (id int PRIMARY KEY, v int);\n\
@@ -153,7 +168,7 @@ fn slow_queries(cluster: &PgCluster) {
     for i in 0..100 {
         sql.push_str(&format!("SELECT id, pad FROM big WHERE val = {};\n", 1000 + i));
     }
-    let file = std::env::temp_dir().join(format!("qw-e2e-slow-{}.sql", std::process::id()));
+    let file = scratch_file("slow");
     fs::write(&file, sql).unwrap();
     cluster.psql_in("postgres", "shop", &["-f", &file.to_string_lossy()]);
     let _ = fs::remove_file(file);
@@ -163,7 +178,7 @@ fn slow_queries(cluster: &PgCluster) {
 fn lock_convoy(cluster: &PgCluster) {
     // Statement by statement (-f), so the holder's UPDATE is logged, and
     // known to the agent as its session's last statement, before the wait.
-    let file = std::env::temp_dir().join(format!("qw-e2e-lock-{}.sql", std::process::id()));
+    let file = scratch_file("lock");
     fs::write(&file, "BEGIN;\nUPDATE accounts SET v = v + 1 WHERE id = 1;\nSELECT pg_sleep(1.5);\nCOMMIT;\n").unwrap();
     thread::scope(|s| {
         let holder = s.spawn(|| cluster.psql_in("postgres", "shop", &["-f", &file.to_string_lossy()]));
@@ -186,6 +201,37 @@ fn lock_convoy(cluster: &PgCluster) {
         holder.join().unwrap();
     });
     let _ = fs::remove_file(&file);
+}
+
+/// Three clusters, each with the `shop` database and [`schema`].
+pub(crate) fn three_nodes(dir: &Path) -> Vec<PgCluster> {
+    let nodes: Vec<PgCluster> = (0..3).map(|_| PgCluster::start(&ClusterOptions::workload())).collect();
+    let file = dir.join("schema.sql");
+    fs::write(&file, schema()).unwrap();
+    for c in &nodes {
+        c.psql("CREATE DATABASE shop");
+        c.psql_in("postgres", "shop", &["-f", &file.to_string_lossy()]);
+    }
+    nodes
+}
+
+/// An agent per node (`n1`, `n2`, …) sending to `grpc`; returns once the
+/// collector at `api` has heard from all of them, so a workload started
+/// then shows up whole as statistics deltas (each agent's first poll is
+/// its baseline).
+pub(crate) fn start_agents(dir: &Path, nodes: &[PgCluster], grpc: &str, api: &str) -> Vec<Proc> {
+    let agents: Vec<Proc> =
+        nodes.iter().enumerate().map(|(i, c)| start_agent(dir, &format!("n{}", i + 1), c, grpc)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = http_get(api, "/api/v1/nodes");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if v["nodes"].as_array().is_some_and(|n| n.len() == nodes.len()) {
+            return agents;
+        }
+        assert!(Instant::now() < deadline, "the agents did not all report within 60s: {body}");
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn findings(api: &str) -> Vec<Value> {
@@ -234,29 +280,9 @@ fn three_nodes_one_collector_name_the_hot_partition_the_bottleneck_and_the_lock(
         return;
     }
     let dir = workdir();
-    let nodes: Vec<PgCluster> = (0..3).map(|_| PgCluster::start(&ClusterOptions::workload())).collect();
-    for c in &nodes {
-        c.psql("CREATE DATABASE shop");
-        let file = dir.join("schema.sql");
-        fs::write(&file, schema()).unwrap();
-        c.psql_in("postgres", "shop", &["-f", &file.to_string_lossy()]);
-    }
+    let nodes = three_nodes(&dir);
     let (_collector, grpc, api) = start_collector(&dir, "");
-    let _agents: Vec<Proc> =
-        nodes.iter().enumerate().map(|(i, c)| start_agent(&dir, &format!("n{}", i + 1), c, &grpc)).collect();
-
-    // The load starts once every agent has reported (its statistics
-    // baseline taken), so all of it shows up as deltas.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, body) = http_get(&api, "/api/v1/nodes");
-        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        if v["nodes"].as_array().is_some_and(|n| n.len() == 3) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the three agents did not report within 60s: {body}");
-        thread::sleep(Duration::from_millis(200));
-    }
+    let _agents = start_agents(&dir, &nodes, &grpc, &api);
 
     thread::scope(|s| {
         for (i, c) in nodes.iter().enumerate() {

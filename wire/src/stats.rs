@@ -119,42 +119,64 @@ impl StatementStats {
     pub fn merge(&mut self, other: &StatementStats) {
         self.calls += other.calls;
         self.total += other.total;
-        self.min = match (self.min, other.min) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.min = merge_min(self.min, other.min);
         self.max = self.max.max(other.max);
         self.hist.merge(&other.hist);
-        self.rows = match (self.rows, other.rows) {
-            (Some(a), Some(b)) => Some(a + b),
-            (a, b) => a.or(b),
-        };
-        for (state, e) in &other.errors {
-            let mine = self.errors.entry(state.clone()).or_default();
-            // On the message, not the count: the OTLP decoder delivers counts
-            // (metrics) and messages (log records) as separate partial stats,
-            // and either may be merged first.
-            if mine.message.is_empty() {
-                mine.message = e.message.clone();
-            }
-            mine.count += e.count;
-        }
+        self.rows = merge_rows(self.rows, other.rows);
+        merge_errors(&mut self.errors, &other.errors);
         self.temp_files += other.temp_files;
         self.temp_bytes += other.temp_bytes;
-        if let Some(s) = &other.slowest
-            && self.slowest.as_ref().is_none_or(|m| s.duration > m.duration)
-        {
-            self.slowest = Some(s.clone());
-        }
-        if let Some(p) = &other.slowest_plan {
-            self.record_plan(p.clone());
-        }
+        keep_slowest(&mut self.slowest, other.slowest.as_ref(), |s| s.duration);
+        keep_slowest(&mut self.slowest_plan, other.slowest_plan.as_ref(), |p| p.duration);
         if let Some(t) = other.first_seen {
             self.see(Some(t));
         }
         if let Some(t) = other.last_seen {
             self.see(Some(t));
         }
+    }
+}
+
+// The merge rules, shared with the collector's per-minute rows (which keep
+// a sparse histogram instead of a dense one but merge everything else the
+// same way).
+
+/// The smaller of two optional minimums.
+pub fn merge_min(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The sum of two optional row counts (unknown + known = known).
+pub fn merge_rows(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Adds error counts by SQLSTATE, keeping the first message known.
+pub fn merge_errors(into: &mut BTreeMap<String, ErrorStat>, from: &BTreeMap<String, ErrorStat>) {
+    for (state, e) in from {
+        let mine = into.entry(state.clone()).or_default();
+        // On the message, not the count: the OTLP decoder delivers counts
+        // (metrics) and messages (log records) as separate partial stats,
+        // and either may be merged first.
+        if mine.message.is_empty() {
+            mine.message.clone_from(&e.message);
+        }
+        mine.count += e.count;
+    }
+}
+
+/// Keeps the slower of `mine` and `other` (by `duration`); ties keep `mine`.
+pub fn keep_slowest<T: Clone>(mine: &mut Option<T>, other: Option<&T>, duration: fn(&T) -> Duration) {
+    if let Some(o) = other
+        && mine.as_ref().is_none_or(|m| duration(o) > duration(m))
+    {
+        *mine = Some(o.clone());
     }
 }
 

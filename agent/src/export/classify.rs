@@ -6,7 +6,9 @@
 //!   DATA_LOSS; HTTP 429, 502, 503, 504; no answer at all (refused, reset,
 //!   timed out).
 //! - **throttled**: retryable, and the collector said how long to wait —
-//!   RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` detail, HTTP 429 or
+//!   RESOURCE_EXHAUSTED or UNAVAILABLE with a `google.rpc.RetryInfo` detail
+//!   (UNAVAILABLE + RetryInfo is what the OTLP/gRPC spec's throttling section
+//!   prescribes, and what the querywatch collector sends), HTTP 429 or
 //!   503 with `Retry-After` (seconds or an HTTP date). Capped at 10 minutes
 //!   like opentelemetry-rust, so a bogus header cannot park the agent.
 //! - **permanent**: the same bytes will be refused again — every other gRPC
@@ -67,12 +69,13 @@ pub fn grpc_status(status: &tonic::Status) -> Failure {
             Some(delay) => Failure::Throttled { delay: delay.min(MAX_THROTTLE), reason: reason() },
             None => permanent_grpc(status),
         },
-        Code::Cancelled
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::OutOfRange
-        | Code::Unavailable
-        | Code::DataLoss => Failure::Retryable { reason: reason() },
+        Code::Unavailable => match status.get_details_retry_info().and_then(|r| r.retry_delay) {
+            Some(delay) => Failure::Throttled { delay: delay.min(MAX_THROTTLE), reason: reason() },
+            None => Failure::Retryable { reason: reason() },
+        },
+        Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::DataLoss => {
+            Failure::Retryable { reason: reason() }
+        }
         _ => permanent_grpc(status),
     }
 }
@@ -184,6 +187,15 @@ mod tests {
             ErrorDetails::with_retry_info(Some(Duration::from_secs(86_400))),
         );
         assert!(matches!(grpc_status(&huge), Failure::Throttled { delay, .. } if delay == MAX_THROTTLE));
+        // The OTLP/gRPC throttling signal (and the querywatch collector's).
+        let unavailable = Status::with_error_details(
+            Code::Unavailable,
+            "queue full",
+            ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+        );
+        assert!(
+            matches!(grpc_status(&unavailable), Failure::Throttled { delay, .. } if delay == Duration::from_secs(1))
+        );
         let p = grpc_status(&Status::new(Code::Unauthenticated, "bad token"));
         assert_eq!(p, Failure::Permanent { status: "gRPC UNAUTHENTICATED".into(), message: "bad token".into() });
         assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");

@@ -66,6 +66,7 @@ impl Ingest {
     }
 
     pub(crate) fn metrics(&self, req: ExportMetricsServiceRequest) -> Result<ExportMetricsServiceResponse, Refused> {
+        self.room()?;
         // One resource at a time: the decoder's `ignored` is per request,
         // and a batch's point count needs it per resource.
         let mut parts = Vec::with_capacity(req.resource_metrics.len());
@@ -84,6 +85,7 @@ impl Ingest {
     }
 
     pub(crate) fn logs(&self, req: ExportLogsServiceRequest) -> Result<ExportLogsServiceResponse, Refused> {
+        self.room()?;
         let mut parts = Vec::with_capacity(req.resource_logs.len());
         for rl in req.resource_logs {
             let total = rl.scope_logs.iter().map(|s| len_u64(s.log_records.len())).sum();
@@ -97,6 +99,23 @@ impl Ingest {
                 error_message: not_ours(ignored, Signal::Logs),
             }),
         })
+    }
+
+    /// Refuses before decoding when the queue is already full: decoding is
+    /// most of a request's cost, and a saturated collector should spend
+    /// nothing on data it will refuse anyway. (A race with the store
+    /// freeing room only costs one retry; `hand_off` checks again.)
+    fn room(&self) -> Result<(), Refused> {
+        if self.tx.capacity() > 0 {
+            return Ok(());
+        }
+        Err(self.throttled())
+    }
+
+    fn throttled(&self) -> Refused {
+        let mut r = self.refuse(Reason::Throttled, "the collector's ingest queue is full; retry later");
+        r.retry_after = Some(THROTTLE_DELAY);
+        r
     }
 
     /// Queues the batches of a decoded request, all or none, and returns
@@ -136,11 +155,7 @@ impl Ingest {
             // would be retried whole, and its first half counted twice.
             let permits = match self.tx.try_reserve_many(batches.len()) {
                 Ok(p) => p,
-                Err(TrySendError::Full(())) => {
-                    let mut r = self.refuse(Reason::Throttled, "the collector's ingest queue is full; retry later");
-                    r.retry_after = Some(THROTTLE_DELAY);
-                    return Err(r);
-                }
+                Err(TrySendError::Full(())) => return Err(self.throttled()),
                 Err(TrySendError::Closed(())) => {
                     // The store has stopped: the collector is shutting down.
                     // Retryable, and without a delay hint: another replica

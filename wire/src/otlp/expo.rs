@@ -37,8 +37,7 @@
 //! Other producers' scales decode too (the representative rule is the same),
 //! with their own, coarser, error: about `(2^(2^-s) - 1) / 2` plus HDR's.
 
-use crate::histogram::LatencyHistogram;
-use std::time::Duration;
+use crate::histogram::{self, LatencyHistogram};
 
 /// The scale the agent encodes at (see the module documentation).
 pub const SCALE: i32 = 8;
@@ -75,22 +74,20 @@ pub(super) fn representative(index: i64, scale: i32) -> f64 {
 
 /// The HDR histogram as buckets at [`SCALE`], in seconds.
 pub(super) fn from_hdr(h: &LatencyHistogram) -> Buckets {
-    let hdr = h.hdr();
     let mut out = Buckets::default();
     let mut first: Option<i32> = None;
-    for v in hdr.iter_recorded() {
-        let (hi, n) = (v.value_iterated_to(), v.count_at_value());
+    for (hi, n) in h.buckets() {
         if hi == 0 {
             // LatencyHistogram never records 0 (it clamps to 1 µs), but if it
             // did, OTLP's zero bucket is where 0 belongs.
             out.zero_count += n;
             continue;
         }
-        let lo = hdr.lowest_equivalent(hi);
+        let lo = histogram::lowest_equivalent(hi);
         #[allow(clippy::cast_precision_loss)] // µs values are far below 2^53
         let centre_secs = (lo as f64 + hi as f64) / 2.0 / 1e6;
         let i = index(centre_secs, SCALE);
-        // HDR iterates in ascending order, so the first index is the offset.
+        // Buckets come in ascending order, so the first index is the offset.
         let offset = *first.get_or_insert(i);
         let slot = usize::try_from(i - offset).unwrap_or(0);
         if out.counts.len() <= slot {
@@ -103,23 +100,20 @@ pub(super) fn from_hdr(h: &LatencyHistogram) -> Buckets {
 }
 
 /// Buckets (any OTLP scale, seconds) as an HDR histogram: each bucket's
-/// count recorded at its representative value. The zero bucket is recorded
-/// at 1 µs, the smallest value a [`LatencyHistogram`] holds.
+/// count goes to the HDR bucket of its representative value (counts of
+/// OTLP buckets that share an HDR bucket add up). The zero bucket goes to
+/// 1 µs, the smallest value a [`LatencyHistogram`] holds.
+///
+/// The result is the histogram's sparse form, built from the non-empty
+/// buckets alone: no dense HDR array, however wide the range.
 pub(super) fn to_hdr(zero_count: u64, offset: i32, counts: &[u64], scale: i32) -> LatencyHistogram {
-    let mut h = LatencyHistogram::new();
-    if zero_count > 0 {
-        h.record_n(Duration::from_micros(1), zero_count);
-    }
-    for (i, &n) in counts.iter().enumerate() {
-        if n == 0 {
-            continue;
-        }
+    let buckets = counts.iter().enumerate().filter(|&(_, &n)| n > 0).map(|(i, &n)| {
         let index = i64::from(offset) + i64::try_from(i).unwrap_or(i64::MAX);
         let micros = (representative(index, scale) * 1e6).round();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // positive; `as` saturates
-        h.record_n(Duration::from_micros(micros as u64), n);
-    }
-    h
+        (micros as u64, n)
+    });
+    LatencyHistogram::from_micros_counts(std::iter::once((1, zero_count)).chain(buckets))
 }
 
 #[cfg(test)]
@@ -127,9 +121,36 @@ pub(super) fn to_hdr(zero_count: u64, offset: i32, counts: &[u64], scale: i32) -
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn buckets_of(h: &LatencyHistogram) -> Vec<(u64, u64)> {
-        h.hdr().iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+        h.buckets().collect()
+    }
+
+    fn dense(values: &[u64]) -> LatencyHistogram {
+        let mut h = LatencyHistogram::new();
+        for v in values {
+            h.record(Duration::from_micros(*v));
+        }
+        h
+    }
+
+    /// What the collector gets for `h`: encoded at [`SCALE`], decoded.
+    fn round_trip(h: &LatencyHistogram) -> LatencyHistogram {
+        let b = from_hdr(h);
+        let back = to_hdr(b.zero_count, b.offset, &b.counts, SCALE);
+        assert!(back.is_sparse(), "the decoder builds no dense array");
+        back
+    }
+
+    /// Same buckets, count and quantiles (at `qs` and at the edges).
+    fn assert_same(got: &LatencyHistogram, want: &LatencyHistogram, qs: &[f64]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(buckets_of(got), buckets_of(want));
+        prop_assert_eq!(got.count(), want.count());
+        for &q in qs.iter().chain(&[0.0, 0.5, 0.99, 1.0]) {
+            prop_assert_eq!(got.quantile(q), want.quantile(q), "q={}", q);
+        }
+        Ok(())
     }
 
     #[test]
@@ -163,7 +184,7 @@ mod tests {
         let mut v = 1u64;
         while v < 4_000_000_000 {
             h.record(Duration::from_micros(v));
-            v = h.hdr().next_non_equivalent(v);
+            v = histogram::layout().next_non_equivalent(v);
         }
         let b = from_hdr(&h);
         assert_eq!(b.zero_count, 0);
@@ -174,7 +195,7 @@ mod tests {
     fn scale_seven_would_not_be_enough() {
         // The same exhaustive check at scale 7 finds buckets that move, which
         // is why SCALE is 8 (see the module documentation).
-        let mut h = LatencyHistogram::new();
+        let hdr = histogram::layout();
         let mut v = 1u64;
         let mut moved = 0;
         while v < 100_000_000 {
@@ -183,16 +204,15 @@ mod tests {
                 one.record(Duration::from_micros(v));
                 one
             };
-            let lo = h.hdr().lowest_equivalent(v);
-            let hi = h.hdr().highest_equivalent(v);
+            let lo = hdr.lowest_equivalent(v);
+            let hi = hdr.highest_equivalent(v);
             #[allow(clippy::cast_precision_loss)]
             let i = index((lo as f64 + hi as f64) / 2.0 / 1e6, 7);
             let b = Buckets { zero_count: 0, offset: i, counts: vec![1] };
             if buckets_of(&to_hdr(b.zero_count, b.offset, &b.counts, 7)) != buckets_of(&one) {
                 moved += 1;
             }
-            h.record(Duration::from_micros(v));
-            v = h.hdr().next_non_equivalent(v);
+            v = hdr.next_non_equivalent(v);
         }
         assert!(moved > 0);
     }
@@ -206,11 +226,28 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip_is_bucket_exact(values in prop::collection::vec(1u64..100_000_000_000, 1..300)) {
-            let mut h = LatencyHistogram::new();
-            for v in &values { h.record(Duration::from_micros(*v)); }
-            let back = { let b = from_hdr(&h); to_hdr(b.zero_count, b.offset, &b.counts, SCALE) };
-            prop_assert_eq!(buckets_of(&back), buckets_of(&h));
+        fn round_trip_is_bucket_exact(values in prop::collection::vec(1u64..100_000_000_000, 1..300),
+                                      qs in prop::collection::vec(0.0f64..=1.0, 8)) {
+            // The decoded (sparse) histogram answers as the recorded (dense) one.
+            let h = dense(&values);
+            assert_same(&round_trip(&h), &h, &qs)?;
+        }
+
+        #[test]
+        fn decoded_merges_as_recorded(a in prop::collection::vec(1u64..100_000_000_000, 0..200),
+                                      b in prop::collection::vec(1u64..100_000_000_000, 0..200),
+                                      qs in prop::collection::vec(0.0f64..=1.0, 8)) {
+            let (da, db) = (dense(&a), dense(&b));
+            let mut want = da.clone();
+            want.merge(&db);
+            let (ra, rb) = (round_trip(&da), round_trip(&db));
+            for (left, right) in [(&ra, &rb), (&ra, &db), (&da, &rb)] {
+                let mut got = left.clone();
+                got.merge(right);
+                assert_same(&got, &want, &qs)?;
+            }
+            // And decoding the merged histogram gives the same again.
+            assert_same(&round_trip(&want), &want, &qs)?;
         }
     }
 }

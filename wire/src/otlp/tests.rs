@@ -144,7 +144,7 @@ fn round_trip(obs: &Observations) -> (ResourceInfo, Observations) {
 }
 
 fn hdr_buckets(s: &StatementStats) -> Vec<(u64, u64)> {
-    s.hist.hdr().iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+    s.hist.buckets().collect()
 }
 
 fn str_attrs(a: &[KeyValue]) -> Vec<(String, String)> {
@@ -658,6 +658,22 @@ proptest! {
         }
         // Stronger than the bound: the agent's histogram arrives unchanged.
         prop_assert_eq!(hdr_buckets(&back), hdr_buckets(&s));
+    }
+
+    #[test]
+    fn decoded_histogram_answers_as_recorded(
+        micros in prop::collection::vec(1u64..100_000_000_000, 1..500),
+        qs in prop::collection::vec(0.0f64..=1.0, 16),
+    ) {
+        // The agent records into the dense form, the decoder builds the
+        // sparse one: every answer is the same, to the microsecond.
+        let s = stats_of(&micros);
+        let back = decoded(&s);
+        prop_assert_eq!(hdr_buckets(&back), hdr_buckets(&s));
+        prop_assert_eq!(back.hist.count(), s.hist.count());
+        for q in qs.into_iter().chain([0.0, 1.0]) {
+            prop_assert_eq!(back.hist.quantile(q), s.hist.quantile(q), "q={}", q);
+        }
     }
 
     #[test]
