@@ -110,6 +110,10 @@ pub struct RawDetect {
     /// The baseline before it, for regressions (default 1h).
     #[serde(default, with = "humantime_serde")]
     pub baseline: Option<Duration>,
+    /// How many fingerprints a detection pass looks at: this many with the
+    /// most database time plus this many with the most calls (default
+    /// 5000); the rest count in totals only. Bounds detection's memory.
+    pub max_fingerprints: Option<usize>,
     /// Detector thresholds (`[detect.thresholds]`; see DetectorConfig).
     #[serde(default)]
     pub thresholds: DetectorConfig,
@@ -144,10 +148,15 @@ pub struct Config {
     pub detect_interval: Duration,
     pub detect_window: Duration,
     pub baseline: Duration,
+    pub detect_fingerprints: usize,
     pub detectors: DetectorConfig,
     pub tracker: TrackerConfig,
     pub log_findings: bool,
 }
+
+/// Default `[detect] max_fingerprints`: far more statements than anyone
+/// reads findings for, few enough that a pass stays in the tens of MB.
+pub const DETECT_FINGERPRINTS: usize = 5000;
 
 /// Reads a config file (a missing `--config` means defaults: pass
 /// `RawConfig::default()` instead).
@@ -228,6 +237,10 @@ impl Config {
         if file.detect.findings.resolve_after == 0 {
             return Err(invalid("detect.findings.resolve_after", "must be at least 1 (evaluations)"));
         }
+        let detect_fingerprints = file.detect.max_fingerprints.unwrap_or(DETECT_FINGERPRINTS);
+        if detect_fingerprints == 0 {
+            return Err(invalid("detect.max_fingerprints", "must be at least 1"));
+        }
         if detect_window < Duration::from_secs(60) {
             return Err(invalid("detect.window", "must be at least 1m (one bucket)"));
         }
@@ -244,6 +257,7 @@ impl Config {
             detect_interval,
             detect_window,
             baseline,
+            detect_fingerprints,
             detectors: file.detect.thresholds,
             tracker: file.detect.findings,
             log_findings: file.detect.log_findings.unwrap_or(true),

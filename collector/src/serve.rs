@@ -125,7 +125,7 @@ pub fn detect_pass(shared: &Shared, now: EpochMillis) {
         let mut w = lock(&shared.windows);
         w.roll(now);
         let from = now - ms(cfg.detect_window);
-        let window = w.snapshot(from, now + 1, None);
+        let window = w.snapshot_top(from, now + 1, cfg.detect_fingerprints);
         // The baseline only matters for fingerprints seen recently.
         let recent: rustc_hash::FxHashSet<_> = window.queries.iter().map(|q| q.fingerprint).collect();
         let baseline = w.snapshot_of(from - ms(cfg.baseline), from, &recent);

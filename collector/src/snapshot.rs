@@ -93,6 +93,23 @@ impl RowStats {
         self.last_seen = opt(self.last_seen, o.last_seen, i64::max);
     }
 
+    /// Adds another row's counts and times, but not its histogram, sample,
+    /// plan or errors: for rows folded into `<other>` in a bounded
+    /// snapshot, where merging thousands of histograms would cost more than
+    /// the snapshot saves, and the `<other>` row is never a finding.
+    pub fn merge_totals(&mut self, o: &RowStats) {
+        self.calls += o.calls;
+        self.total += o.total;
+        self.min = stats::merge_min(self.min, o.min);
+        self.max = self.max.max(o.max);
+        self.rows = stats::merge_rows(self.rows, o.rows);
+        self.temp_files += o.temp_files;
+        self.temp_bytes += o.temp_bytes;
+        self.pgss.merge(&o.pgss);
+        self.first_seen = opt(self.first_seen, o.first_seen, i64::min);
+        self.last_seen = opt(self.last_seen, o.last_seen, i64::max);
+    }
+
     /// Executions: pg_stat_statements' count when the statistics source
     /// saw the statement (it counts every call; the log only those over
     /// `log_min_duration_statement`), else the log's.

@@ -203,6 +203,16 @@ fn add_overflow(a: &mut OverflowCounts, b: &OverflowCounts) {
     a.agent_calls += b.agent_calls;
 }
 
+/// Which statement rows a snapshot keeps.
+#[derive(Clone, Copy)]
+enum Keep<'a> {
+    All,
+    /// Only these fingerprints' rows, and no tables, locks, activity.
+    Only(&'a FxHashSet<Fingerprint>),
+    /// These fingerprints' rows; the others folded into `<other>`.
+    Top(&'a FxHashSet<Fingerprint>),
+}
+
 #[derive(Clone, Debug)]
 struct FpInfo {
     text: Arc<str>,
@@ -518,7 +528,45 @@ impl Windows {
     /// Everything between `from` and `to` (ms, `[from, to)`), optionally
     /// only one node. Buckets that overlap the range count whole.
     pub fn snapshot(&self, from: EpochMillis, to: EpochMillis, node: Option<&str>) -> Snapshot {
-        self.snapshot_with(from, to, node, None)
+        self.snapshot_with(from, to, node, Keep::All)
+    }
+
+    /// Like [`Self::snapshot`] of all nodes, but with the statement rows of
+    /// at most `2 k` fingerprints: the `k` with the most database time and
+    /// the `k` with the most calls in the range. The other rows are folded
+    /// into `<other>` per database and node (counts and times only), so
+    /// totals and shares stay exact. What detection looks at: its memory
+    /// and time are then bounded by `k`, not by the store's size.
+    pub fn snapshot_top(&self, from: EpochMillis, to: EpochMillis, k: usize) -> Snapshot {
+        let top = self.top_fingerprints(from, to, k);
+        self.snapshot_with(from, to, None, Keep::Top(&top))
+    }
+
+    /// The `k` fingerprints with the most database time in `[from, to)`
+    /// and the `k` with the most calls (a fast statement called very often
+    /// matters to the cache-candidate detector, a slow rare one to the
+    /// others).
+    fn top_fingerprints(&self, from: EpochMillis, to: EpochMillis, k: usize) -> FxHashSet<Fingerprint> {
+        let mut per: FxHashMap<Fingerprint, (Duration, u64)> = FxHashMap::default();
+        for b in self.hours.iter().chain(&self.minutes).filter(|b| b.end() > from && b.start < to) {
+            for (key, v) in &b.queries {
+                let e = per.entry(key.fingerprint).or_default();
+                e.0 += v.db_time();
+                e.1 += v.exec_calls();
+            }
+        }
+        if per.len() <= k {
+            return per.into_keys().collect();
+        }
+        let mut all: Vec<_> = per.into_iter().collect();
+        let mut top = FxHashSet::default();
+        if k > 0 {
+            all.select_nth_unstable_by_key(k - 1, |(_, (time, _))| std::cmp::Reverse(*time));
+            top.extend(all[..k].iter().map(|(fp, _)| *fp));
+            all.select_nth_unstable_by_key(k - 1, |(_, (_, calls))| std::cmp::Reverse(*calls));
+            top.extend(all[..k].iter().map(|(fp, _)| *fp));
+        }
+        top
     }
 
     /// Only the statement rows of `fingerprints` between `from` and `to`:
@@ -526,16 +574,10 @@ impl Windows {
     /// cost (no tables, locks, activity or node data; other fingerprints
     /// skipped before anything is copied).
     pub fn snapshot_of(&self, from: EpochMillis, to: EpochMillis, fingerprints: &FxHashSet<Fingerprint>) -> Snapshot {
-        self.snapshot_with(from, to, None, Some(fingerprints))
+        self.snapshot_with(from, to, None, Keep::Only(fingerprints))
     }
 
-    fn snapshot_with(
-        &self,
-        from: EpochMillis,
-        to: EpochMillis,
-        node: Option<&str>,
-        only: Option<&FxHashSet<Fingerprint>>,
-    ) -> Snapshot {
+    fn snapshot_with(&self, from: EpochMillis, to: EpochMillis, node: Option<&str>, keep: Keep<'_>) -> Snapshot {
         let mut acc = Bucket::new(from, to - from);
         let mut first = None;
         let mut last = None;
@@ -546,12 +588,22 @@ impl Windows {
             first = Some(first.map_or(b.start, |f: i64| f.min(b.start)));
             last = Some(last.map_or(b.end(), |l: i64| l.max(b.end())));
             for (k, v) in &b.queries {
-                if node.is_some_and(|n| *k.node != *n) || only.is_some_and(|f| !f.contains(&k.fingerprint)) {
+                if node.is_some_and(|n| *k.node != *n) {
                     continue;
                 }
-                acc.queries.entry(k.clone()).or_default().merge(v);
+                match keep {
+                    Keep::All => acc.queries.entry(k.clone()).or_default().merge(v),
+                    Keep::Only(fps) | Keep::Top(fps) if fps.contains(&k.fingerprint) => {
+                        acc.queries.entry(k.clone()).or_default().merge(v);
+                    }
+                    Keep::Only(_) => {}
+                    Keep::Top(_) => {
+                        let other = RowKey { fingerprint: OVERFLOW_FINGERPRINT, ..k.clone() };
+                        acc.queries.entry(other).or_default().merge_totals(v);
+                    }
+                }
             }
-            if only.is_some() {
+            if matches!(keep, Keep::Only(_)) {
                 continue;
             }
             for (k, v) in &b.tables {

@@ -1,5 +1,6 @@
 //! OTLP/gRPC: the `MetricsService` and `LogsService` export calls of
-//! `opentelemetry-proto`, served by tonic, gzip accepted.
+//! `opentelemetry-proto`, served by tonic, gzip accepted. Metrics are
+//! taken as bytes ([`MetricsRaw`]), logs as prost messages.
 //!
 //! The token is checked by an interceptor, which runs on the headers
 //! before tonic reads the body: an unauthenticated sender costs no
@@ -21,14 +22,15 @@ use super::counters::{IngestCounters, Reason, Signal, Transport};
 use super::ingest::{Ingest, Refused};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use prost::Message;
+use prost::bytes::{Buf, Bytes};
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
+use tonic::codegen::{BoxFuture, Service, http};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -54,21 +56,98 @@ impl tonic::service::Interceptor for Gate {
     }
 }
 
-pub(crate) struct Metrics(Arc<Ingest>);
 pub(crate) struct Logs(Arc<Ingest>);
 
-#[tonic::async_trait]
-impl MetricsService for Metrics {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+/// `MetricsService/Export`, served by hand rather than by the generated
+/// server: the generated one decodes the whole request into prost structs
+/// before the handler runs, and ingest decodes its hot metric straight from
+/// the bytes (`querywatch_wire::otlp::decode_metrics_bytes`). tonic still
+/// does the framing, gzip, size limit and response encoding.
+#[derive(Clone)]
+pub(crate) struct MetricsRaw {
+    ingest: Arc<Ingest>,
+    max_request_bytes: usize,
+}
+
+const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+impl tonic::server::NamedService for MetricsRaw {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+}
+
+impl Service<http::Request<tonic::body::Body>> for MetricsRaw {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if req.uri().path() != METRICS_EXPORT {
+            return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
+        }
+        let mut gzip = EnabledCompressionEncodings::default();
+        gzip.enable(CompressionEncoding::Gzip);
+        let mut grpc = tonic::server::Grpc::new(RawCodec)
+            .apply_compression_config(gzip, gzip)
+            .apply_max_message_size_config(Some(self.max_request_bytes), None);
+        let export = Export(self.ingest.clone());
+        Box::pin(async move { Ok(grpc.unary(export, req).await) })
+    }
+}
+
+struct Export(Arc<Ingest>);
+
+impl tonic::server::UnaryService<Bytes> for Export {
+    type Response = ExportMetricsServiceResponse;
+    type Future = std::future::Ready<Result<Response<Self::Response>, Status>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let start = request.extensions().get::<Arrived>().map_or_else(Instant::now, |a| a.0);
-        let message = request.into_inner();
-        self.0.counters.bytes(message.encoded_len());
-        let result = self.0.metrics(message);
+        let body = request.into_inner();
+        self.0.counters.bytes(body.len());
+        let result = self.0.metrics_bytes(&body);
         self.0.counters.latency(start.elapsed());
-        result.map(Response::new).map_err(status)
+        std::future::ready(result.map(Response::new).map_err(status))
+    }
+}
+
+/// Request as bytes, response as a prost message.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = ExportMetricsServiceResponse;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = ExportMetricsServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        // EncodeBuf grows as needed, so encoding cannot run out of room.
+        item.encode(dst).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
@@ -87,16 +166,13 @@ impl LogsService for Logs {
     }
 }
 
-pub(crate) type MetricsServer = InterceptedService<MetricsServiceServer<Metrics>, Gate>;
+pub(crate) type MetricsServer = InterceptedService<MetricsRaw, Gate>;
 pub(crate) type LogsServer = InterceptedService<LogsServiceServer<Logs>, Gate>;
 
 /// The two services, size-limited, gzip in and out, behind the gate.
 pub(crate) fn services(ingest: &Arc<Ingest>, max_request_bytes: usize) -> (MetricsServer, LogsServer) {
     let gate = |signal| Gate { ingest: ingest.clone(), signal };
-    let metrics = MetricsServiceServer::new(Metrics(ingest.clone()))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
+    let metrics = MetricsRaw { ingest: ingest.clone(), max_request_bytes };
     let logs = LogsServiceServer::new(Logs(ingest.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)

@@ -130,7 +130,11 @@ async fn handle(st: &HttpState, signal: Signal, req: Request) -> Response {
     };
     let result = match signal {
         Signal::Metrics => {
-            parse::<ExportMetricsServiceRequest>(st, format, &body).and_then(|r| ingest.metrics(r)).map(|r| {
+            let answer = match format {
+                Format::Protobuf => ingest.metrics_bytes(&body),
+                Format::Json => parse::<ExportMetricsServiceRequest>(st, format, &body).and_then(|r| ingest.metrics(r)),
+            };
+            answer.map(|r| {
                 let partial = r.partial_success.as_ref().map(|p| (p.rejected_data_points, p.error_message.as_str()));
                 respond(format, &r, "rejectedDataPoints", partial)
             })

@@ -11,7 +11,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::metrics::v1::{Metric, metric::Data};
 use querywatch_wire::otlp::{self, DecodeError, Decoded};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,16 +64,25 @@ impl Ingest {
         if super::constant_time_eq(given, want) { Ok(()) } else { refuse("wrong bearer token") }
     }
 
+    /// A protobuf `ExportMetricsServiceRequest` (gRPC, HTTP protobuf),
+    /// decoded in place.
+    pub(crate) fn metrics_bytes(&self, body: &[u8]) -> Result<ExportMetricsServiceResponse, Refused> {
+        self.room()?;
+        let parts = otlp::decode_metrics_bytes(body).map_err(|e| {
+            self.refuse(Reason::Malformed, format!("the body is not a valid OTLP protobuf message: {e}"))
+        })?;
+        self.metrics_parts(parts)
+    }
+
+    /// A request already parsed (OTLP/JSON).
     pub(crate) fn metrics(&self, req: ExportMetricsServiceRequest) -> Result<ExportMetricsServiceResponse, Refused> {
         self.room()?;
         // One resource at a time: the decoder's `ignored` is per request,
         // and a batch's point count needs it per resource.
-        let mut parts = Vec::with_capacity(req.resource_metrics.len());
-        for rm in req.resource_metrics {
-            let total = rm.scope_metrics.iter().flat_map(|s| &s.metrics).map(points).sum();
-            let one = ExportMetricsServiceRequest { resource_metrics: vec![rm] };
-            parts.push((total, otlp::decode_metrics(&one)));
-        }
+        self.metrics_parts(otlp::decode_metrics_per_resource(req))
+    }
+
+    fn metrics_parts(&self, parts: otlp::ResourceParts) -> Result<ExportMetricsServiceResponse, Refused> {
         let ignored = self.hand_off(Signal::Metrics, parts)?;
         Ok(ExportMetricsServiceResponse {
             partial_success: (ignored > 0).then(|| ExportMetricsPartialSuccess {
@@ -197,18 +205,6 @@ fn bearer_token(header: &[u8]) -> Option<&[u8]> {
     }
     let token = rest.trim_ascii_start();
     (!token.is_empty()).then_some(token)
-}
-
-/// Data points of one metric, whatever its type.
-fn points(m: &Metric) -> u64 {
-    len_u64(match &m.data {
-        Some(Data::Gauge(g)) => g.data_points.len(),
-        Some(Data::Sum(s)) => s.data_points.len(),
-        Some(Data::Histogram(h)) => h.data_points.len(),
-        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-        Some(Data::Summary(s)) => s.data_points.len(),
-        None => 0,
-    })
 }
 
 fn len_u64(n: usize) -> u64 {

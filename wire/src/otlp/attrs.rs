@@ -27,48 +27,93 @@ pub(super) fn kv_double(key: &str, value: f64) -> KeyValue {
     kv(key, Value::DoubleValue(value))
 }
 
-/// The value of the first attribute named `key`. A key whose value is unset
-/// counts as absent: OTLP allows it, and it carries nothing.
-fn find<'a>(a: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    a.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref())
+/// An attribute value as the decoders read it, borrowed: a string, a
+/// number, a bool, or something else (array, map, bytes, an interned-string
+/// index), which no querywatch attribute is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Val<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+    Other,
 }
 
-pub(super) fn opt_str<'a>(a: &'a [KeyValue], key: &'static str, item: &str) -> Result<Option<&'a str>, DecodeError> {
-    match find(a, key) {
+/// A list of attributes: the `KeyValue`s of a prost message, or the
+/// borrowed pairs of the in-place decoder ([`super::raw`]), so both read
+/// attributes through the same checks below.
+pub(super) trait Attrs {
+    /// The value of the first attribute named `key`. A key whose value is
+    /// unset counts as absent: OTLP allows it, and it carries nothing.
+    fn find(&self, key: &str) -> Option<Val<'_>>;
+}
+
+impl Attrs for [KeyValue] {
+    fn find(&self, key: &str) -> Option<Val<'_>> {
+        let v = self.iter().find(|kv| kv.key == key)?.value.as_ref()?.value.as_ref()?;
+        Some(match v {
+            Value::StringValue(s) => Val::Str(s),
+            Value::IntValue(i) => Val::Int(*i),
+            Value::BoolValue(b) => Val::Bool(*b),
+            Value::DoubleValue(d) => Val::Double(*d),
+            _ => Val::Other,
+        })
+    }
+}
+
+impl Attrs for Vec<KeyValue> {
+    fn find(&self, key: &str) -> Option<Val<'_>> {
+        self.as_slice().find(key)
+    }
+}
+
+/// The in-place decoder's attributes: key and value (`None`: unset).
+impl Attrs for [(&str, Option<Val<'_>>)] {
+    fn find(&self, key: &str) -> Option<Val<'_>> {
+        self.iter().find(|(k, _)| *k == key)?.1
+    }
+}
+
+pub(super) fn opt_str<'a, A: Attrs + ?Sized>(
+    a: &'a A,
+    key: &'static str,
+    item: &str,
+) -> Result<Option<&'a str>, DecodeError> {
+    match a.find(key) {
         None => Ok(None),
-        Some(Value::StringValue(s)) => Ok(Some(s)),
+        Some(Val::Str(s)) => Ok(Some(s)),
         Some(_) => Err(DecodeError::AttributeType { item: item.into(), attribute: key, expected: "a string" }),
     }
 }
 
-pub(super) fn req_str<'a>(a: &'a [KeyValue], key: &'static str, item: &str) -> Result<&'a str, DecodeError> {
+pub(super) fn req_str<'a, A: Attrs + ?Sized>(a: &'a A, key: &'static str, item: &str) -> Result<&'a str, DecodeError> {
     opt_str(a, key, item)?.ok_or(DecodeError::MissingAttribute { item: item.into(), attribute: key })
 }
 
-pub(super) fn opt_int(a: &[KeyValue], key: &'static str, item: &str) -> Result<Option<i64>, DecodeError> {
-    match find(a, key) {
+pub(super) fn opt_int<A: Attrs + ?Sized>(a: &A, key: &'static str, item: &str) -> Result<Option<i64>, DecodeError> {
+    match a.find(key) {
         None => Ok(None),
-        Some(Value::IntValue(i)) => Ok(Some(*i)),
+        Some(Val::Int(i)) => Ok(Some(i)),
         Some(_) => Err(DecodeError::AttributeType { item: item.into(), attribute: key, expected: "an int" }),
     }
 }
 
-pub(super) fn req_bool(a: &[KeyValue], key: &'static str, item: &str) -> Result<bool, DecodeError> {
-    match find(a, key) {
+pub(super) fn req_bool<A: Attrs + ?Sized>(a: &A, key: &'static str, item: &str) -> Result<bool, DecodeError> {
+    match a.find(key) {
         None => Err(DecodeError::MissingAttribute { item: item.into(), attribute: key }),
-        Some(Value::BoolValue(b)) => Ok(*b),
+        Some(Val::Bool(b)) => Ok(b),
         Some(_) => Err(DecodeError::AttributeType { item: item.into(), attribute: key, expected: "a bool" }),
     }
 }
 
 /// A double attribute; an int is accepted too (a producer may send whole
 /// milliseconds as an int).
-pub(super) fn opt_double(a: &[KeyValue], key: &'static str, item: &str) -> Result<Option<f64>, DecodeError> {
-    match find(a, key) {
+pub(super) fn opt_double<A: Attrs + ?Sized>(a: &A, key: &'static str, item: &str) -> Result<Option<f64>, DecodeError> {
+    match a.find(key) {
         None => Ok(None),
-        Some(Value::DoubleValue(d)) => Ok(Some(*d)),
+        Some(Val::Double(d)) => Ok(Some(d)),
         #[allow(clippy::cast_precision_loss)] // a duration in ms, far below 2^53
-        Some(Value::IntValue(i)) => Ok(Some(*i as f64)),
+        Some(Val::Int(i)) => Ok(Some(i as f64)),
         Some(_) => Err(DecodeError::AttributeType { item: item.into(), attribute: key, expected: "a double" }),
     }
 }
@@ -90,7 +135,7 @@ pub(super) fn statement_attributes(key: &StatementKey) -> Vec<KeyValue> {
 /// `querywatch.source` is not the log (statistics this decoder does not
 /// merge into [`crate::Observations`]). `db.operation.name` is derived from
 /// the text, so it is not read back.
-pub(super) fn statement_key(a: &[KeyValue], item: &str) -> Result<Option<StatementKey>, DecodeError> {
+pub(super) fn statement_key<A: Attrs + ?Sized>(a: &A, item: &str) -> Result<Option<StatementKey>, DecodeError> {
     if req_str(a, names::QW_SOURCE, item)? != names::QW_SOURCE_LOG {
         return Ok(None);
     }

@@ -99,15 +99,21 @@ pub(super) fn from_hdr(h: &LatencyHistogram) -> Buckets {
     out
 }
 
-/// Buckets (any OTLP scale, seconds) as an HDR histogram: each bucket's
+/// Buckets (any OTLP scale, seconds), given as the non-empty ones (index
+/// from `offset`, count), as an HDR histogram: each bucket's
 /// count goes to the HDR bucket of its representative value (counts of
 /// OTLP buckets that share an HDR bucket add up). The zero bucket goes to
 /// 1 µs, the smallest value a [`LatencyHistogram`] holds.
 ///
 /// The result is the histogram's sparse form, built from the non-empty
 /// buckets alone: no dense HDR array, however wide the range.
-pub(super) fn to_hdr(zero_count: u64, offset: i32, counts: &[u64], scale: i32) -> LatencyHistogram {
-    let buckets = counts.iter().enumerate().filter(|&(_, &n)| n > 0).map(|(i, &n)| {
+pub(super) fn to_hdr(
+    zero_count: u64,
+    offset: i32,
+    nonzero: impl IntoIterator<Item = (usize, u64)>,
+    scale: i32,
+) -> LatencyHistogram {
+    let buckets = nonzero.into_iter().map(|(i, n)| {
         let index = i64::from(offset) + i64::try_from(i).unwrap_or(i64::MAX);
         let micros = (representative(index, scale) * 1e6).round();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // positive; `as` saturates
@@ -138,7 +144,7 @@ mod tests {
     /// What the collector gets for `h`: encoded at [`SCALE`], decoded.
     fn round_trip(h: &LatencyHistogram) -> LatencyHistogram {
         let b = from_hdr(h);
-        let back = to_hdr(b.zero_count, b.offset, &b.counts, SCALE);
+        let back = to_hdr(b.zero_count, b.offset, b.counts.iter().copied().enumerate().filter(|c| c.1 > 0), SCALE);
         assert!(back.is_sparse(), "the decoder builds no dense array");
         back
     }
@@ -188,7 +194,15 @@ mod tests {
         }
         let b = from_hdr(&h);
         assert_eq!(b.zero_count, 0);
-        assert_eq!(buckets_of(&to_hdr(b.zero_count, b.offset, &b.counts, SCALE)), buckets_of(&h));
+        assert_eq!(
+            buckets_of(&to_hdr(
+                b.zero_count,
+                b.offset,
+                b.counts.iter().copied().enumerate().filter(|c| c.1 > 0),
+                SCALE
+            )),
+            buckets_of(&h)
+        );
     }
 
     #[test]
@@ -209,7 +223,9 @@ mod tests {
             #[allow(clippy::cast_precision_loss)]
             let i = index((lo as f64 + hi as f64) / 2.0 / 1e6, 7);
             let b = Buckets { zero_count: 0, offset: i, counts: vec![1] };
-            if buckets_of(&to_hdr(b.zero_count, b.offset, &b.counts, 7)) != buckets_of(&one) {
+            if buckets_of(&to_hdr(b.zero_count, b.offset, b.counts.iter().copied().enumerate().filter(|c| c.1 > 0), 7))
+                != buckets_of(&one)
+            {
                 moved += 1;
             }
             v = hdr.next_non_equivalent(v);
@@ -221,7 +237,10 @@ mod tests {
     fn empty_histogram_has_no_buckets() {
         let b = from_hdr(&LatencyHistogram::new());
         assert_eq!(b, Buckets::default());
-        assert_eq!(to_hdr(b.zero_count, b.offset, &b.counts, SCALE).count(), 0);
+        assert_eq!(
+            to_hdr(b.zero_count, b.offset, b.counts.iter().copied().enumerate().filter(|c| c.1 > 0), SCALE).count(),
+            0
+        );
     }
 
     proptest! {

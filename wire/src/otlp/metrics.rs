@@ -9,6 +9,7 @@
 
 use super::attrs::{self, kv_bool, kv_str};
 use super::expo;
+use super::raw::Counts;
 use super::{DecodeError, Decoded, ResourceInfo, scope};
 use crate::dbstats::{ActivityKey, DbStats, PgssDelta, PgssKey, TableDelta, TableKey};
 use crate::health::AgentHealth;
@@ -687,24 +688,17 @@ pub fn decode_metrics(req: &ExportMetricsServiceRequest) -> Result<Decoded, Deco
 
 /// Data points used and skipped.
 #[derive(Default)]
-struct Tally {
-    ours: u64,
-    ignored: u64,
+pub(super) struct Tally {
+    pub ours: u64,
+    pub ignored: u64,
 }
 
-fn decode_metric(m: &Metric, obs: &mut Observations, n: &mut Tally) -> Result<(), DecodeError> {
+pub(super) fn decode_metric(m: &Metric, obs: &mut Observations, n: &mut Tally) -> Result<(), DecodeError> {
     let item = m.name.as_str();
     match item {
         names::METRIC_QUERY_DURATION => {
             for p in exp_histogram(m)? {
-                let Some(key) = attrs::statement_key(&p.attributes, item)? else {
-                    n.ignored += 1;
-                    continue;
-                };
-                if let Some(part) = duration_stats(item, p)? {
-                    statement(obs, key, p.start_time_unix_nano, p.time_unix_nano).merge(&part);
-                }
-                n.ours += 1;
+                duration_point(&p.attributes, &ExpView::from(p), p.start_time_unix_nano, p.time_unix_nano, obs, n)?;
             }
         }
         names::METRIC_STATEMENT_ERRORS
@@ -974,6 +968,28 @@ fn table<'a>(obs: &'a mut Observations, key: TableKey, p: &NumberDataPoint) -> &
     obs.db.tables.entry(key).or_default()
 }
 
+/// One `querywatch.query.duration` point into `obs` (or counted as not
+/// ours): shared by this decoder and the in-place one.
+pub(super) fn duration_point<A: attrs::Attrs + ?Sized>(
+    attributes: &A,
+    p: &ExpView<'_>,
+    start: u64,
+    end: u64,
+    obs: &mut Observations,
+    n: &mut Tally,
+) -> Result<(), DecodeError> {
+    let item = names::METRIC_QUERY_DURATION;
+    let Some(key) = attrs::statement_key(attributes, item)? else {
+        n.ignored += 1;
+        return Ok(());
+    };
+    if let Some(part) = duration_stats(item, p)? {
+        statement(obs, key, start, end).merge(&part);
+    }
+    n.ours += 1;
+    Ok(())
+}
+
 /// The entry of statement `key`, marked as seen in the interval.
 fn statement(obs: &mut Observations, key: crate::StatementKey, start: u64, end: u64) -> &mut StatementStats {
     see(&mut obs.first_seen, &mut obs.last_seen, start, end);
@@ -989,19 +1005,50 @@ fn see(first: &mut Option<EpochMillis>, last: &mut Option<EpochMillis>, start: u
     }
 }
 
+/// What [`duration_stats`] reads of an exponential-histogram data point:
+/// a prost message's fields, or the in-place decoder's ([`super::raw`]).
+pub(super) struct ExpView<'a> {
+    pub count: u64,
+    pub sum: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub scale: i32,
+    pub zero_count: u64,
+    pub offset: i32,
+    pub positive: Counts<'a>,
+    pub negative: Counts<'a>,
+}
+
+impl<'a> From<&'a ExponentialHistogramDataPoint> for ExpView<'a> {
+    fn from(p: &'a ExponentialHistogramDataPoint) -> Self {
+        let counts = |b: &'a Option<Buckets>| Counts::Slice(b.as_ref().map_or(&[][..], |b| &b.bucket_counts[..]));
+
+        ExpView {
+            count: p.count,
+            sum: p.sum,
+            min: p.min,
+            max: p.max,
+            scale: p.scale,
+            zero_count: p.zero_count,
+            offset: p.positive.as_ref().map_or(0, |b| b.offset),
+            positive: counts(&p.positive),
+            negative: counts(&p.negative),
+        }
+    }
+}
+
 /// A `querywatch.query.duration` point as statistics; `None` when empty.
-fn duration_stats(item: &str, p: &ExponentialHistogramDataPoint) -> Result<Option<StatementStats>, DecodeError> {
+pub(super) fn duration_stats(item: &str, p: &ExpView<'_>) -> Result<Option<StatementStats>, DecodeError> {
     let invalid = |reason: String| DecodeError::Invalid { item: item.into(), reason };
     if !expo::SCALES.contains(&p.scale) {
         return Err(invalid(format!("scale {} is outside OTLP's {:?}", p.scale, expo::SCALES)));
     }
-    if p.negative.as_ref().is_some_and(|b| b.bucket_counts.iter().any(|&c| c > 0)) {
+    if p.negative.nonzero().next().is_some() {
         return Err(invalid("negative durations".into()));
     }
-    let (offset, counts) = p.positive.as_ref().map_or((0, &[][..]), |b| (b.offset, &b.bucket_counts[..]));
     // `calls` comes from `count` and the percentiles from the buckets: they
     // must agree, or the two would tell different stories.
-    let held = counts.iter().try_fold(p.zero_count, |a, &c| a.checked_add(c));
+    let held = p.positive.nonzero().try_fold(p.zero_count, |a, (_, n)| a.checked_add(n));
     if held != Some(p.count) {
         return Err(invalid(format!("the buckets hold {held:?} values, count is {}", p.count)));
     }
@@ -1021,7 +1068,7 @@ fn duration_stats(item: &str, p: &ExponentialHistogramDataPoint) -> Result<Optio
         total,
         min: Some(min),
         max,
-        hist: expo::to_hdr(p.zero_count, offset, counts, p.scale),
+        hist: expo::to_hdr(p.zero_count, p.offset, p.positive.nonzero(), p.scale),
         ..StatementStats::default()
     }))
 }
@@ -1038,7 +1085,7 @@ fn data_kind(m: &Metric) -> &'static str {
 }
 
 /// Number of data points of any metric (what skipping it skips).
-fn points(m: &Metric) -> u64 {
+pub(super) fn points(m: &Metric) -> u64 {
     let n = match &m.data {
         None => 0,
         Some(Data::Gauge(g)) => g.data_points.len(),

@@ -17,6 +17,8 @@
 //! - [`encode_logs`] / [`decode_logs`]: the slowest execution (and plan) of
 //!   each statement as a `querywatch.query.sample` log record, and the first
 //!   message of each error kind as `querywatch.query.error`.
+//! - [`decode_metrics_bytes`]: the collector's ingest path, the same
+//!   decoding straight from protobuf bytes (the hot metric read in place).
 //! - [`expo`]: the HDR ↔ exponential-bucket conversion and why scale 8.
 //!
 //! Decoding is the collector's ingest check: it is strict about data that
@@ -40,9 +42,11 @@ pub mod expo;
 mod attrs;
 mod logs;
 mod metrics;
+mod raw;
 
 pub use logs::{decode_logs, encode_logs};
 pub use metrics::{decode_metrics, encode_metrics};
+pub use raw::{ResourceParts, decode_metrics_bytes, decode_metrics_per_resource};
 
 use crate::names;
 use crate::observations::Observations;

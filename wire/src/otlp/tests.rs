@@ -1051,3 +1051,185 @@ fn agent_health_of_another_kind_is_ignored_and_bad_points_rejected() {
         assert!(e.to_string().contains(&name), "{name}: {e}");
     }
 }
+
+// --- The in-place decoder (raw.rs) against prost ---------------------------------
+
+/// Both decoders' answers for `bytes`, as comparable text. Debug output is
+/// exact here: both insert into the same deterministic maps in the same order.
+fn both_decoders(bytes: &[u8]) -> (String, String) {
+    let raw = decode_metrics_bytes(bytes);
+    let prost = ExportMetricsServiceRequest::decode(bytes).map(decode_metrics_per_resource);
+    (format!("{raw:?}"), format!("{prost:?}"))
+}
+
+/// `bytes` decode alike both ways, and on the fast path (no fallback).
+fn assert_fast_and_equal(bytes: &[u8]) {
+    assert!(raw::fast(bytes).is_some(), "the in-place decoder fell back on our own encoding");
+    let (raw, prost) = both_decoders(bytes);
+    assert_eq!(raw, prost);
+}
+
+fn two_resources(a: &Observations, b: &Observations) -> ExportMetricsServiceRequest {
+    let mut req = encode_metrics(a, &resource(), INTERVAL);
+    let other = ResourceInfo { node: "db-2".into(), ..resource() };
+    req.resource_metrics.extend(encode_metrics(b, &other, INTERVAL).resource_metrics);
+    req
+}
+
+#[test]
+fn in_place_decoder_agrees_with_prost_on_our_requests() {
+    let mut health = observations();
+    health.agent = agent_health();
+    for obs in [observations(), with_db_stats(), health, Observations::default()] {
+        assert_fast_and_equal(&encode_metrics(&obs, &resource(), INTERVAL).encode_to_vec());
+    }
+    let req = two_resources(&observations(), &with_db_stats());
+    assert_fast_and_equal(&req.encode_to_vec());
+    let parts = decode_metrics_bytes(&req.encode_to_vec()).unwrap();
+    assert_eq!(parts.len(), 2);
+    let total = |r: &ResourceMetrics| r.scope_metrics.iter().flat_map(|s| &s.metrics).map(metrics::points).sum::<u64>();
+    assert_eq!(parts[1].0, total(&req.resource_metrics[1]));
+    assert!(parts[1].0 > 0);
+    assert_eq!(parts[1].1.as_ref().unwrap().batches[0].0.node, "db-2");
+    // Not a request at all: prost's error.
+    assert!(decode_metrics_bytes(&[0x0a, 0x05, 0x01]).is_err());
+}
+
+#[test]
+fn in_place_decoder_gives_prost_errors_for_invalid_points() {
+    let fresh = || encode_metrics(&observations(), &resource(), INTERVAL);
+    let mut cases: Vec<ExportMetricsServiceRequest> = Vec::new();
+    let mut req = fresh();
+    first_duration_point(&mut req).attributes.retain(|kv| kv.key != names::DB_QUERY_TEXT);
+    cases.push(req);
+    let mut req = fresh();
+    first_duration_point(&mut req).count += 1;
+    cases.push(req);
+    let mut req = fresh();
+    first_duration_point(&mut req).sum = None;
+    cases.push(req);
+    let mut req = fresh();
+    first_duration_point(&mut req).scale = 21;
+    cases.push(req);
+    let mut req = fresh();
+    first_duration_point(&mut req).negative = first_duration_point(&mut req).positive.clone();
+    cases.push(req);
+    let mut req = fresh();
+    first_duration_point(&mut req).attributes[0].value = Some(AnyValue { value: Some(Value::IntValue(3)) });
+    cases.push(req);
+    let mut req = fresh();
+    req.resource_metrics[0].resource.as_mut().unwrap().attributes.retain(|kv| kv.key != names::QW_NODE);
+    cases.push(req);
+    for (i, req) in cases.iter().enumerate() {
+        let bytes = req.encode_to_vec();
+        let (raw, prost) = both_decoders(&bytes);
+        assert_eq!(raw, prost, "case {i}");
+        assert!(raw.contains("Err("), "case {i} is refused: {raw}");
+    }
+}
+
+#[test]
+fn in_place_decoder_hands_unusual_encodings_to_prost() {
+    let req = encode_metrics(&observations(), &resource(), INTERVAL);
+    // An attribute whose value is an array, and one that is unset.
+    let mut odd = req.clone();
+    let p = first_duration_point(&mut odd);
+    p.attributes.push(KeyValue {
+        key: "tags".into(),
+        value: Some(AnyValue {
+            value: Some(Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                values: vec![AnyValue { value: Some(Value::StringValue("x".into())) }],
+            })),
+        }),
+        key_strindex: 0,
+    });
+    p.attributes.insert(0, KeyValue { key: names::QW_DB_USER.into(), value: None, key_strindex: 0 });
+    let bytes = odd.encode_to_vec();
+    assert!(raw::fast(&bytes).is_none());
+    let (raw, prost) = both_decoders(&bytes);
+    assert_eq!(raw, prost);
+    // A point's `positive` sent twice (prost merges the two messages:
+    // offset from the second, counts of both), and counts unpacked.
+    let point = first_duration_point(&mut req.clone()).clone();
+    let positive = point.positive.clone().unwrap();
+    let mut dp = point.encode_to_vec();
+    dp.extend(len_field(8, &positive.encode_to_vec()));
+    let bytes = request_with_point(&req, &dp);
+    assert!(raw::fast(&bytes).is_none());
+    let (raw, prost) = both_decoders(&bytes);
+    assert_eq!(raw, prost);
+    assert!(raw.contains("buckets hold"), "the doubled counts no longer add up to `count`: {raw}");
+    let mut dp =
+        opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint { positive: None, ..point.clone() }
+            .encode_to_vec();
+    let mut unpacked = Vec::new();
+    prost::encoding::sint32::encode(1, &positive.offset, &mut unpacked);
+    for c in &positive.bucket_counts {
+        prost::encoding::uint64::encode(2, c, &mut unpacked);
+    }
+    dp.extend(len_field(8, &unpacked));
+    let bytes = request_with_point(&req, &dp);
+    assert!(raw::fast(&bytes).is_none());
+    let (raw, prost) = both_decoders(&bytes);
+    assert_eq!(raw, prost);
+    assert!(raw.starts_with("Ok([(1, Ok("), "unpacked counts are valid protobuf: {raw}");
+}
+
+/// Field `tag` holding `bytes`.
+fn len_field(tag: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::bytes::encode(tag, &bytes.to_vec(), &mut out);
+    out
+}
+
+/// `req`'s resource with one `querywatch.query.duration` metric holding one
+/// data point given as raw bytes.
+fn request_with_point(req: &ExportMetricsServiceRequest, point: &[u8]) -> Vec<u8> {
+    let mut hist = len_field(1, point);
+    prost::encoding::int32::encode(2, &(AggregationTemporality::Delta as i32), &mut hist);
+    let mut metric = Vec::new();
+    prost::encoding::string::encode(1, &names::METRIC_QUERY_DURATION.to_owned(), &mut metric);
+    metric.extend(len_field(10, &hist));
+    let mut rm = len_field(1, &req.resource_metrics[0].resource.as_ref().unwrap().encode_to_vec());
+    rm.extend(len_field(2, &len_field(2, &metric)));
+    len_field(1, &rm)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn in_place_decoder_agrees_with_prost_on_any_statements(
+        calls in prop::collection::vec((0usize..40, 1u64..5_000_000), 0..300),
+    ) {
+        let mut obs = observations();
+        for (shape, us) in calls {
+            let text = format!("SELECT {shape} FROM t WHERE a = $1");
+            obs.statements.entry(key(&text)).or_default().record_call(Duration::from_micros(us), Some(T0), &text);
+        }
+        let bytes = two_resources(&obs, &with_db_stats()).encode_to_vec();
+        prop_assert!(raw::fast(&bytes).is_some());
+        let (raw, prost) = both_decoders(&bytes);
+        prop_assert_eq!(raw, prost);
+    }
+
+    /// Damaged bytes: the in-place decoder never accepts what prost refuses,
+    /// nor reads anything differently.
+    #[test]
+    fn in_place_decoder_agrees_with_prost_on_damaged_bytes(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut bytes = encode_metrics(&observations(), &resource(), INTERVAL).encode_to_vec();
+        for (at, b) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = b;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        let (raw, prost) = both_decoders(&bytes);
+        prop_assert_eq!(raw, prost);
+    }
+}
