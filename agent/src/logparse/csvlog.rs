@@ -104,7 +104,13 @@ impl CsvParser {
                 reader = new_reader(&data[consumed..]);
                 continue;
             }
-            let open_at_end = end == data.len() && !eof;
+            // A record that ends the data is complete when it ended at a
+            // newline outside quotes (the reader only ends a record there,
+            // or at the end of the data); only otherwise may it still grow.
+            // Holding a complete record back until the next one arrived
+            // delayed a quiet server's last statement indefinitely.
+            let terminated = data[..end].last() == Some(&b'\n') && !quote_parity(&data[rec_start..end]);
+            let open_at_end = end == data.len() && !eof && !terminated;
             if open_at_end && data.len() - rec_start <= self.cap {
                 break; // maybe incomplete: parse again with more data
             }
@@ -360,6 +366,18 @@ mod tests {
         assert_eq!(entries.len(), 3);
         assert!(entries[0].1.ends_with("UTC,\"x\",y'"), "{:?}", entries[0].1);
         assert_eq!(stats.unparsed, 0);
+    }
+
+    #[test]
+    fn a_complete_last_record_is_not_held_back() {
+        let mut p = CsvParser::new(1 << 20);
+        let mut n = 0;
+        let consumed = p.parse(CSV.as_bytes(), false, &mut |_| n += 1);
+        assert_eq!((consumed, n), (CSV.len(), 2));
+        // Open inside quotes at a newline: kept for more data.
+        let open = &CSV[..CSV.find("SELECT 'a\n").unwrap() + 10];
+        let mut p = CsvParser::new(1 << 20);
+        assert_eq!(p.parse(open.as_bytes(), false, &mut |_| n += 1), 0);
     }
 
     #[test]
