@@ -133,6 +133,32 @@ fn append(path: &Path, bytes: &[u8]) {
     f.write_all(bytes).unwrap();
 }
 
+/// The agent's process, killed if a test fails before stopping it (a
+/// failed wait panics; without this the agent would outlive the test).
+struct Agent(Child);
+
+impl std::ops::Deref for Agent {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// One agent under test: its work dir, log dir, receiver and process.
 struct Setup {
     work: tempfile::TempDir,
@@ -172,8 +198,8 @@ impl Setup {
         self.work.path().join("state")
     }
 
-    fn start(&self) -> Child {
-        start_agent(&self.config, &self.stderr)
+    fn start(&self) -> Agent {
+        Agent(start_agent(&self.config, &self.stderr))
     }
 
     /// Waits until `marker` has exactly `n` calls; fails at once on more.
@@ -475,7 +501,7 @@ fn hostile_permission_denied_is_said_once_and_the_file_is_read_once_readable() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(&s.stderr).unwrap());
-    let mut agent = cmd.spawn().unwrap();
+    let mut agent = Agent(cmd.spawn().unwrap());
     s.wait_calls(&mut agent, "hostile_before", 2, Duration::from_secs(30));
     s.wait_stderr(&mut agent, "permission denied", Duration::from_secs(30));
     s.wait_batches(&mut agent, 3);
