@@ -244,6 +244,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
         cfg.node, cfg.interval, cfg.export.endpoint, cfg.export.protocol
     );
 
+    // The last submit was cut short by a signal: the exporter's queue is
+    // full, so the last interval is not cut (it stays in the log).
+    let mut blocked = false;
     if !opts.once {
         let start = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval_at(start + cfg.interval, cfg.interval);
@@ -251,10 +254,35 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    if let Some(batch) = lp.cut(CutMode::Plain).await
-                        && exporter.submit(batch).await.is_err()
-                    {
-                        lp.error("submit", "the exporter has stopped; data stays in the log for the next start".into());
+                    if let Some(batch) = lp.cut(CutMode::Plain).await {
+                        // The exporter's queue is full only while it holds a
+                        // batch it can neither send nor spool (collector down
+                        // and the spool's disk full): waiting for room must
+                        // not make the agent deaf to SIGTERM. The batch not
+                        // submitted was never committed, so its data is read
+                        // again from the log on the next start.
+                        let signal = tokio::select! {
+                            r = exporter.submit(batch) => {
+                                if r.is_err() {
+                                    lp.error(
+                                        "submit",
+                                        "the exporter has stopped; data stays in the log for the next start".into(),
+                                    );
+                                }
+                                None
+                            }
+                            _ = sigterm.recv() => Some("SIGTERM"),
+                            _ = sigint.recv() => Some("SIGINT"),
+                        };
+                        if let Some(name) = signal {
+                            eprintln!(
+                                "querywatch agent: {name} while the exporter's queue is full (collector unreachable \
+                                 and the spool not writable): stopping; what was not delivered is read again from \
+                                 the log on the next start"
+                            );
+                            blocked = true;
+                            break;
+                        }
                     }
                 }
                 Some(r) = receipts.recv() => lp.settle(r),
@@ -284,7 +312,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
                 m.add_to(&mut lp.db);
             }
         }
-        if let Some(batch) = lp.cut(mode).await
+        if !blocked
+            && let Some(batch) = lp.cut(mode).await
             && exporter.submit(batch).await.is_err()
         {
             lp.error("submit", "the exporter has stopped; data stays in the log for the next start".into());
@@ -567,6 +596,8 @@ struct Worker {
     finished: Finished,
     errors: u64,
     said: HashSet<String>,
+    /// The tailer's unreadable-file errors already reported in a cut.
+    unreadable_reported: u64,
 }
 
 impl Worker {
@@ -579,6 +610,7 @@ impl Worker {
             finished: Finished::default(),
             errors: 0,
             said: HashSet::new(),
+            unreadable_reported: 0,
         }
     }
 
@@ -638,6 +670,14 @@ impl Worker {
             add_read(&mut files, &fp.name, &new);
             fp.reported = fp.parser.stats().clone();
         }
+        // The tailer counts files it could not read (permission denied, a
+        // directory or FIFO where a log file was, I/O errors), once per
+        // episode; without this they were only said on stderr and never
+        // reached the exported health (`querywatch.agent.unreadable_files`).
+        let e = &self.tailer.stats().errors;
+        let unreadable = e.permission_denied + e.not_a_file + e.io;
+        stats.unreadable_files += unreadable.saturating_sub(self.unreadable_reported);
+        self.unreadable_reported = unreadable;
         let mut obs = self.agg.cut(&stats);
         obs.agent.files = files;
         // No poll between finishing and this: the watermark covers exactly
@@ -668,7 +708,16 @@ fn consume(
             Err(consumed) => return consumed,
         },
     };
-    let consumed = fp.parser.parse(chunk.data, chunk.eof, &mut |e| agg.entry(&e));
+    let before = fp.parser.stats().clone();
+    let mut truncated_at = None;
+    let consumed = fp.parser.parse(chunk.data, chunk.eof, &mut |e| {
+        if e.truncated && truncated_at.is_none() {
+            truncated_at = Some(e.line);
+        }
+        agg.entry(&e)
+    });
+    let problems = Problems { before: &before, truncated_at, cap: logs.max_entry_bytes };
+    problems.say(&chunk, consumed, &fp.parser, said);
     if chunk.eof
         && let Some(fp) = parsers.remove(&chunk.file)
     {
@@ -677,6 +726,66 @@ fn consume(
         finished.add(&fp.name, &last);
     }
     consumed
+}
+
+/// What one parse call found wrong, for [`Problems::say`].
+struct Problems<'a> {
+    /// The parser's counters before the call.
+    before: &'a ParseStats,
+    /// Line of the first entry emitted truncated.
+    truncated_at: Option<u64>,
+    cap: usize,
+}
+
+impl Problems<'_> {
+    /// Says each kind of bad input (lines that are not log entries, entries
+    /// over the size cap, bytes that are not UTF-8) on stderr the first
+    /// time it is seen, naming the file and where in it; after that it is
+    /// only counted (the parser's counters travel in the exported health as
+    /// `querywatch.agent.parse_failures`, `.truncated`, `.invalid_utf8`).
+    /// Once per run, not per line or per file: a misconfigured prefix makes
+    /// every line of every file fail, and a line per file each rotation
+    /// would still be noise.
+    fn say(&self, chunk: &Chunk<'_>, consumed: usize, parser: &Parser, said: &mut HashSet<String>) {
+        let now = parser.stats();
+        let d = now.since(self.before);
+        if d.unparsed + d.truncated + d.invalid_utf8 == 0 {
+            return;
+        }
+        let path = chunk.path.display();
+        let (from, to) = (chunk.offset, chunk.offset + consumed as u64);
+        let lines = format!("lines {}..{}", self.before.lines + 1, now.lines.max(self.before.lines + 1));
+        let once = "counted from now on, said once";
+        if d.unparsed > 0 && said.insert("parse: unparsed".into()) {
+            let hint = match parser {
+                Parser::Stderr(p) => format!(
+                    "; is the server's log_line_prefix {:?}? ([logs] prefix; SHOW log_line_prefix)",
+                    p.prefix().as_str()
+                ),
+                _ => "; is [logs] format right, or was the file cut by a crash?".to_owned(),
+            };
+            eprintln!(
+                "querywatch agent: warning: {path}: {n} line(s) not recognized as log entries between offset \
+                 {from} and {to} ({lines}){hint}; {once} (querywatch.agent.parse_failures)",
+                n = d.unparsed
+            );
+        }
+        if d.truncated > 0 && said.insert("parse: truncated".into()) {
+            let at = self.truncated_at.map_or_else(String::new, |l| format!(" at line {l}"));
+            eprintln!(
+                "querywatch agent: warning: {path}: an entry{at} longer than max_entry_bytes ({cap} bytes), between \
+                 offset {from} and {to}: truncated to the cap; {once} (querywatch.agent.truncated)",
+                cap = self.cap
+            );
+        }
+        if d.invalid_utf8 > 0 && said.insert("parse: invalid_utf8".into()) {
+            eprintln!(
+                "querywatch agent: warning: {path}: {n} entr(y/ies) with bytes that are not valid UTF-8 between \
+                 offset {from} and {to} ({lines}): replaced with U+FFFD; {once} (querywatch.agent.invalid_utf8)",
+                n = d.invalid_utf8
+            );
+        }
+    }
 }
 
 /// A parser for a file's first chunk (format and prefix configured, or

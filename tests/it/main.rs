@@ -6,6 +6,7 @@
 //! run `scripts/deps.sh`, unless `QUERYWATCH_SKIP_PG=1`.
 
 mod agent_faults;
+mod agent_hostile;
 mod agent_live;
 mod analyze_pg;
 mod check;

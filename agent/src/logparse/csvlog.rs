@@ -36,13 +36,16 @@ pub struct CsvParser {
     cap: usize,
     /// Skipping the rest of a truncated record; the value is "inside quotes".
     skipping: Option<bool>,
+    /// The bytes skipped so far ended with a newline: the next chunk starts
+    /// a line (where a record may begin, see [`skip_record`]).
+    skip_at_line_start: bool,
     base_line: u64,
     stats: ParseStats,
 }
 
 impl CsvParser {
     pub fn new(cap: usize) -> Self {
-        CsvParser { cap, skipping: None, base_line: 0, stats: ParseStats::default() }
+        CsvParser { cap, skipping: None, skip_at_line_start: false, base_line: 0, stats: ParseStats::default() }
     }
 
     pub fn stats(&self) -> &ParseStats {
@@ -53,20 +56,23 @@ impl CsvParser {
     pub fn parse<F: FnMut(LogEntry<'_>)>(&mut self, buf: &[u8], eof: bool, sink: &mut F) -> usize {
         let mut start = 0;
         if let Some(in_quotes) = self.skipping {
-            match skip_record(buf, in_quotes) {
+            match skip_record(buf, in_quotes, self.skip_at_line_start) {
                 Ok(end) => {
                     self.skipping = None;
                     start = end;
                 }
                 Err(in_quotes) => {
                     self.skipping = Some(in_quotes);
+                    self.skip_at_line_start = buf.last() == Some(&b'\n');
                     self.account(&buf[..buf.len()], eof);
                     return buf.len();
                 }
             }
         }
         let data = &buf[start..];
-        let mut reader = ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data);
+        let mut reader = new_reader(data);
+        // Where `reader` started in `data` (it starts again after a resync).
+        let mut base = 0;
         let mut rec = ByteRecord::new();
         let mut consumed = 0; // relative to data
         let mut line = self.base_line + count_lines(&buf[..start]);
@@ -83,8 +89,28 @@ impl CsvParser {
                     break;
                 }
             }
-            let end = usize::try_from(reader.position().byte()).unwrap_or(data.len()).min(data.len());
-            let open_at_end = end == data.len() && !eof;
+            let end = (base + usize::try_from(reader.position().byte()).unwrap_or(data.len())).min(data.len());
+            if let Some(restart) = resync_point(&data[rec_start..end]) {
+                // A record cut inside a quoted field (a crash mid-write, then
+                // whole records appended) inverts the quote parity of all
+                // that follows: without this, every later record of the file
+                // would be swallowed into one "field" and lost. The broken
+                // record is dropped and counted; parsing starts again at the
+                // line where the next record begins.
+                self.stats.unparsed += 1;
+                line += count_lines(&data[rec_start..rec_start + restart]);
+                consumed = rec_start + restart;
+                base = consumed;
+                reader = new_reader(&data[consumed..]);
+                continue;
+            }
+            // A record that ends the data is complete when it ended at a
+            // newline outside quotes (the reader only ends a record there,
+            // or at the end of the data); only otherwise may it still grow.
+            // Holding a complete record back until the next one arrived
+            // delayed a quiet server's last statement indefinitely.
+            let terminated = data[..end].last() == Some(&b'\n') && !quote_parity(&data[rec_start..end]);
+            let open_at_end = end == data.len() && !eof && !terminated;
             if open_at_end && data.len() - rec_start <= self.cap {
                 break; // maybe incomplete: parse again with more data
             }
@@ -95,6 +121,7 @@ impl CsvParser {
             if open_at_end {
                 // Over the cap and still open: skip the rest of it later.
                 self.skipping = Some(quote_parity(&data[rec_start..end]));
+                self.skip_at_line_start = data[..end].last() == Some(&b'\n');
                 break;
             }
         }
@@ -156,6 +183,10 @@ impl CsvParser {
     }
 }
 
+fn new_reader(from: &[u8]) -> csv::Reader<&[u8]> {
+    ReaderBuilder::new().has_headers(false).flexible(true).from_reader(from)
+}
+
 fn count_lines(b: &[u8]) -> u64 {
     memchr::memchr_iter(b'\n', b).count() as u64
 }
@@ -165,17 +196,69 @@ fn quote_parity(b: &[u8]) -> bool {
     memchr::memchr_iter(b'"', b).count() % 2 == 1
 }
 
-/// Skips to just past the newline that ends the current record.
-/// `Err(in_quotes)` when the record continues past `b`.
-fn skip_record(b: &[u8], mut in_quotes: bool) -> Result<usize, bool> {
-    for (i, &c) in b.iter().enumerate() {
-        match c {
-            b'"' => in_quotes = !in_quotes,
+/// Skips to just past the newline that ends the current record, or to the
+/// start of a line where a record begins after a quote that cannot close a
+/// field (see [`resync_point`]). `Err(in_quotes)` when the record continues
+/// past `b`.
+fn skip_record(b: &[u8], mut in_quotes: bool, at_line_start: bool) -> Result<usize, bool> {
+    // Where the current line starts, when it starts within `b`.
+    let mut line_start = at_line_start.then_some(0);
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' if in_quotes => match b.get(i + 1) {
+                Some(b'"') => i += 1,
+                Some(b',' | b'\n' | b'\r') | None => in_quotes = false,
+                Some(_) if line_start.is_some_and(|l| starts_record(&b[l..])) => return Ok(line_start.unwrap_or(0)),
+                Some(_) => {}
+            },
+            b'"' => in_quotes = true,
             b'\n' if !in_quotes => return Ok(i + 1),
+            b'\n' => line_start = Some(i + 1),
             _ => {}
         }
+        i += 1;
     }
     Err(in_quotes)
+}
+
+/// Whether `line` begins like a csvlog record: its `log_time`, unquoted,
+/// then the comma before `user_name`.
+fn starts_record(line: &[u8]) -> bool {
+    parse_timestamp(line).is_some_and(|(_, n)| line.get(n) == Some(&b','))
+}
+
+/// For a record that spans lines: where the next record really starts, if
+/// its quoting is broken. PostgreSQL doubles every quote inside a quoted
+/// field, so a quote that would close a field but is followed by anything
+/// other than a comma or a line end cannot be its writing; when that
+/// happens on a line that begins like a csvlog record, the record before
+/// it was cut inside a quoted field and the new one starts at that line.
+/// (A line that begins like a record inside a legitimate multi-line field
+/// has its quotes doubled, so it never triggers this.)
+fn resync_point(rec: &[u8]) -> Option<usize> {
+    // Single-line records cannot hide another record.
+    let first_newline = memchr::memchr(b'\n', rec)?;
+    if first_newline + 1 >= rec.len() {
+        return None;
+    }
+    let mut in_quotes = false;
+    let mut line_start = 0;
+    let mut i = 0;
+    while i < rec.len() {
+        match rec[i] {
+            b'"' if in_quotes => match rec.get(i + 1) {
+                Some(b'"') => i += 1,
+                Some(b',' | b'\n' | b'\r') | None => in_quotes = false,
+                Some(_) => return (line_start > 0 && starts_record(&rec[line_start..])).then_some(line_start),
+            },
+            b'"' => in_quotes = true,
+            b'\n' => line_start = i + 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -242,6 +325,59 @@ mod tests {
             assert_eq!(stats.truncated, 1);
             assert_eq!(entries[2].2.as_deref(), Some("INSERT INTO t VALUES (42)"));
         }
+    }
+
+    /// A record cut inside its quoted message, newline-terminated, then
+    /// whole records: `CSV` must come through intact after it.
+    const CUT: &str = "2026-11-24 09:00:00.001 UTC,\"bob\",\"shop\",10,,,1,,,,0,LOG,00000,\"duration: 1.000 ms  statement: SELECT 'cut\n";
+
+    #[test]
+    fn a_record_cut_inside_quotes_does_not_swallow_the_records_after_it() {
+        let input = format!("{CSV}{CUT}{CSV}");
+        for chunk in [1, 7, 64, 500, usize::MAX] {
+            let (entries, stats) = run(input.as_bytes(), chunk, 1 << 20);
+            assert_eq!(entries.len(), 4, "chunk {chunk}");
+            assert_eq!(entries[2].1, "duration: 1.500 ms  statement: SELECT 'a\n\"quoted\"'", "chunk {chunk}");
+            assert_eq!(entries[2].0, 5, "line numbers go on after the broken record");
+            assert_eq!(entries[3].2.as_deref(), Some("INSERT INTO t VALUES (42)"), "chunk {chunk}");
+            assert_eq!((stats.unparsed, stats.lines, stats.entries), (1, 7, 4), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn an_over_cap_record_cut_inside_quotes_is_skipped_up_to_the_next_record() {
+        let big = format!("{}{}\n", CUT.trim_end(), "z".repeat(10_000));
+        let input = format!("{big}{CSV}");
+        for chunk in [500, 4000] {
+            let (entries, stats) = run(input.as_bytes(), chunk, 4096);
+            assert_eq!(entries.len(), 3, "chunk {chunk}");
+            assert!(entries[0].3, "the cut record is emitted truncated");
+            assert_eq!(entries[2].2.as_deref(), Some("INSERT INTO t VALUES (42)"), "chunk {chunk}");
+            assert_eq!(stats.truncated, 1);
+        }
+    }
+
+    #[test]
+    fn a_line_that_looks_like_a_record_inside_a_quoted_field_stays_in_it() {
+        // Legitimate: a statement with a newline and a timestamp-like line.
+        // Its quotes are doubled, so it is one record, not two.
+        let tricky = "2026-11-24 09:00:00.001 UTC,\"bob\",\"shop\",10,,,1,,,,0,LOG,00000,\"duration: 1.000 ms  statement: SELECT '\n2026-11-24 09:00:00.001 UTC,\"\"x\"\",y'\",,,,,,,,,,,,\n";
+        let (entries, stats) = run(format!("{tricky}{CSV}").as_bytes(), 16, 1 << 20);
+        assert_eq!(entries.len(), 3);
+        assert!(entries[0].1.ends_with("UTC,\"x\",y'"), "{:?}", entries[0].1);
+        assert_eq!(stats.unparsed, 0);
+    }
+
+    #[test]
+    fn a_complete_last_record_is_not_held_back() {
+        let mut p = CsvParser::new(1 << 20);
+        let mut n = 0;
+        let consumed = p.parse(CSV.as_bytes(), false, &mut |_| n += 1);
+        assert_eq!((consumed, n), (CSV.len(), 2));
+        // Open inside quotes at a newline: kept for more data.
+        let open = &CSV[..CSV.find("SELECT 'a\n").unwrap() + 10];
+        let mut p = CsvParser::new(1 << 20);
+        assert_eq!(p.parse(open.as_bytes(), false, &mut |_| n += 1), 0);
     }
 
     #[test]

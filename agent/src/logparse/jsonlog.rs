@@ -43,6 +43,9 @@ struct Record<'a> {
     query_id: Option<i64>,
 }
 
+/// How PostgreSQL begins every jsonlog record.
+const RECORD_START: &[u8] = b"{\"timestamp\":";
+
 /// Parser state for one jsonlog stream.
 #[derive(Debug)]
 pub struct JsonParser {
@@ -103,14 +106,27 @@ impl JsonParser {
                 // database encoding as is, so retry on a repaired copy.
                 let repaired = String::from_utf8_lossy(line);
                 if matches!(repaired, Cow::Borrowed(_)) {
-                    self.stats.unparsed += 1;
-                    return;
+                    return self.broken(line, line_no, sink);
                 }
                 match serde_json::from_str::<Record<'_>>(&repaired) {
                     Ok(rec) => self.emit(rec, line_no, true, false, sink),
-                    Err(_) => self.stats.unparsed += 1,
+                    Err(_) => self.broken(line, line_no, sink),
                 }
             }
+        }
+    }
+
+    /// A line that is not a record: counted. An object cut short (a crash
+    /// mid-write) may have the next record glued to it, when the server
+    /// starts again and appends to the same file; without looking for it,
+    /// that whole record would be lost with the broken one. PostgreSQL
+    /// writes `timestamp` first, and inside a JSON string every quote is
+    /// escaped, so an unescaped `{"timestamp":` past the start of the line
+    /// is where a record begins: it is parsed on its own.
+    fn broken<F: FnMut(LogEntry<'_>)>(&mut self, line: &[u8], line_no: u64, sink: &mut F) {
+        self.stats.unparsed += 1;
+        if let Some(i) = memchr::memmem::find(line.get(1..).unwrap_or_default(), RECORD_START) {
+            self.line(&line[1 + i..], line_no, sink);
         }
     }
 
@@ -241,6 +257,20 @@ mod tests {
         assert!(entries[0].1.starts_with("duration: 900.000 ms  statement: SELECT * FROM t WHERE id IN (1, 1,"));
         assert_eq!(stats.truncated, 1);
         assert_eq!(stats.unparsed, 0);
+    }
+
+    #[test]
+    fn a_truncated_object_loses_only_itself() {
+        let whole = JSON.lines().next().unwrap();
+        let cut = &whole[..whole.len() / 2];
+        // On a line of its own, and glued to the next record.
+        let input = format!("{cut}\n{JSON}{cut}{JSON}");
+        for chunk in [5, 64, usize::MAX] {
+            let (entries, stats) = run(input.as_bytes(), chunk, 1 << 20);
+            assert_eq!(entries.len(), 4, "chunk {chunk}");
+            assert_eq!(entries[2].1, entries[0].1);
+            assert_eq!((stats.unparsed, stats.lines), (2, 5), "chunk {chunk}");
+        }
     }
 
     #[test]

@@ -136,6 +136,15 @@ fn owner() -> &'static Owner {
     })
 }
 
+/// The uid and gid of [`SERVER_USER`] (created on first use) when the tests
+/// run as root; `None` otherwise (then everything runs as the current user).
+pub fn server_user_ids() -> Option<(u32, u32)> {
+    match owner() {
+        Owner::Me => None,
+        Owner::User { uid, gid } => Some((*uid, *gid)),
+    }
+}
+
 fn user_exists() -> bool {
     Command::new("id").arg(SERVER_USER).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
