@@ -10,7 +10,7 @@
 use crate::config::Config;
 use crate::findings::{Finding, FindingTracker, detect_live};
 use crate::load::{NodeLoad, ParentLoad};
-use crate::receive::{self, Batch, IngestCounters, ReceiverConfig, TlsFiles};
+use crate::receive::{self, Batch, IngestCounters, ReceiverConfig};
 use crate::snapshot::Snapshot;
 use crate::window::Windows;
 use querywatch_wire::stats::EpochMillis;
@@ -199,8 +199,9 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         grpc: cfg.grpc,
         http: cfg.otlp_http,
         token: cfg.token.clone(),
-        tls: cfg.tls.clone().map(|(cert, key)| TlsFiles { cert, key }),
+        tls: cfg.tls.clone(),
         max_request_bytes: cfg.max_request_bytes,
+        limits: cfg.limits,
     };
     let receiver = receive::Receiver::bind(receiver_cfg, tx, ingest).await?;
     let (grpc, otlp_http) = (receiver.grpc_addr(), receiver.http_addr());
