@@ -21,14 +21,16 @@ fi
 cargo deny --version
 
 status=0
-cargo deny --log-level error check bans licenses sources || status=$?
+cargo deny --offline --log-level error check bans licenses sources || status=$?
 
 db_dir="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
 if timeout 60 cargo deny --log-level error fetch db >/dev/null 2>&1; then
-    cargo deny --log-level error check --disable-fetch advisories || status=$?
-elif compgen -G "$db_dir/*" >/dev/null; then
+    cargo deny --offline --log-level error check advisories || status=$?
+elif compgen -G "$db_dir/*/crates" >/dev/null; then
+    # A copy made earlier (or put there by hand: a clone of the advisory-db
+    # repository, as cargo-deny names it); a failed fetch leaves only a lock.
     echo "audit: advisory database not reachable; checking against the copy in $db_dir" >&2
-    cargo deny --log-level error check --disable-fetch advisories || status=$?
+    cargo deny --offline --log-level error check advisories || status=$?
 else
     echo "audit: advisories NOT CHECKED: the RustSec advisory database (github.com/rustsec/advisory-db) cannot be fetched from here and no copy is in $db_dir"
     if [ "${QUERYWATCH_AUDIT_STRICT:-0}" = 1 ]; then

@@ -239,11 +239,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 
     let app = crate::api::router(shared.clone());
     let stop = stop_rx.clone();
+    // The same connection limits and timeouts as the OTLP listeners
+    // (receive/conn.rs): the API port is open (`/metrics` needs no token),
+    // and silent connections to it would hold file descriptors the
+    // ingest listeners share with it.
+    let limits = shared.config.limits;
     tasks.spawn(async move {
-        let served = axum::serve(api_listener, app).with_graceful_shutdown(stopped(stop)).await;
-        if let Err(e) = served {
-            eprintln!("querywatch collector: API listener stopped: {e}");
-        }
+        let incoming = receive::conn::accept(api_listener, limits);
+        receive::conn::serve_http(incoming, app, limits.header_timeout, stopped(stop)).await;
     });
     shared.ready.store(true, Ordering::Relaxed);
     Ok(Running { grpc, otlp_http, api, shared, stop: stop_tx, tasks })

@@ -236,6 +236,11 @@ impl Http {
             .default_headers(headers)
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
+            // The collector closes an HTTP/1 connection that carries no
+            // request for 30 s (its slowloris guard). Dropping our idle
+            // connections before that means a request never goes out on a
+            // connection the collector is closing at that very moment.
+            .pool_idle_timeout(std::time::Duration::from_secs(20))
             .use_rustls_tls();
         if let Some(pem) = &config.ca_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| ExportError::CaFile(e.to_string()))? {

@@ -11,10 +11,11 @@
 //!   the server waits for one — for `idle_timeout` is closed ([`Guarded`]).
 //!   The gRPC server pings its HTTP/2 clients every [`KEEPALIVE`], so a
 //!   live agent's idle channel keeps moving and stays; a socket that never
-//!   answers goes. HTTP/1 keep-alive connections idle that long are closed
-//!   too (reqwest, the agent's client, drops its own after 90 s first).
+//!   answers goes.
 //! - HTTP/1: the request head must arrive within `header_timeout`
-//!   (hyper's `header_read_timeout`). Hyper enforces it only with a timer,
+//!   (hyper's `header_read_timeout`, 30 s; it runs from the connection's
+//!   start and from each answer, so it also closes idle HTTP/1 keep-alive
+//!   connections). Hyper enforces it only with a timer,
 //!   which `axum::serve` does not give it, so [`serve_http`] serves the
 //!   HTTP listener itself; the body has its own timeout (`http.rs`).
 //! - TLS handshakes are bounded in time (`tls.rs`, tonic's own for gRPC),
@@ -43,7 +44,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default time a connection may sit without a byte moving.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default time an HTTP/1 request head may take to arrive.
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+///
+/// Hyper starts it when a connection opens and again after each answer,
+/// so it is also the keep-alive limit of an idle HTTP/1 connection: long
+/// enough for an agent that sends every 10 s to keep its connection, and
+/// the agent drops idle connections after 20 s itself, so it never sends on
+/// one the collector is closing.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the gRPC server pings its HTTP/2 clients, well inside the
 /// idle timeout.
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(30);
