@@ -48,6 +48,48 @@ fn read_ca_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
 
 const CERT_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
+/// `export.tls_cert` and `export.tls_key`, read and checked for the usual
+/// mistakes (a wrong path, the two swapped, a DER file) with the key's
+/// name; the transports parse them for real at start-up.
+fn read_client_identity(cert: &Path, key: &Path) -> Result<ClientIdentity, ConfigError> {
+    let cert_pem =
+        std::fs::read(cert).map_err(|e| invalid("export.tls_cert", format!("cannot read {}: {e}", cert.display())))?;
+    if !cert_pem.windows(CERT_MARKER.len()).any(|w| w == CERT_MARKER) {
+        return Err(invalid(
+            "export.tls_cert",
+            format!("{}: no PEM certificate in it (expected a \"-----BEGIN CERTIFICATE-----\" block)", cert.display()),
+        ));
+    }
+    let key_pem =
+        std::fs::read(key).map_err(|e| invalid("export.tls_key", format!("cannot read {}: {e}", key.display())))?;
+    const KEY_MARKER: &[u8] = b"PRIVATE KEY-----";
+    if !key_pem.windows(KEY_MARKER.len()).any(|w| w == KEY_MARKER) {
+        return Err(invalid(
+            "export.tls_key",
+            format!("{}: no PEM private key in it (expected a \"-----BEGIN PRIVATE KEY-----\" block)", key.display()),
+        ));
+    }
+    Ok(ClientIdentity { cert_pem, key_pem })
+}
+
+/// The agent's TLS client certificate chain and its private key, both
+/// PEM, for a collector that requires client certificates (mutual TLS).
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
 /// The file as written (every field optional; unknown fields rejected).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +168,11 @@ pub struct RawExport {
     /// addition to the built-in (webpki) roots: a collector with a
     /// certificate from a private CA.
     pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain the agent presents to a collector that
+    /// requires client certificates (mutual TLS); with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Log source settings, validated.
@@ -169,6 +216,9 @@ pub struct ExportConfig {
     /// The PEM certificates of `export.ca_file`, read and checked at
     /// startup (trusted for `https://` endpoints on top of the webpki roots).
     pub ca_pem: Option<Vec<u8>>,
+    /// `export.tls_cert` and `export.tls_key`: the client certificate
+    /// presented over `https://` (mutual TLS).
+    pub client_identity: Option<ClientIdentity>,
 }
 
 /// The agent's configuration, ready to use.
@@ -333,6 +383,18 @@ impl Config {
             Some(path) => Some(read_ca_file(path)?),
             None => None,
         };
+        let client_identity = match (&x.tls_cert, &x.tls_key) {
+            (Some(cert), Some(key)) => Some(read_client_identity(cert, key)?),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("export.tls_key", "tls_cert is set: give its private key too")),
+            (None, Some(_)) => return Err(invalid("export.tls_cert", "tls_key is set: give its certificate too")),
+        };
+        if client_identity.is_some() && !endpoint.starts_with("https://") {
+            return Err(invalid(
+                "export.tls_cert",
+                format!("a client certificate is presented over TLS only: {endpoint:?} must start with https://"),
+            ));
+        }
         let resource = match env.get("OTEL_RESOURCE_ATTRIBUTES") {
             Some(r) => parse_pairs("OTEL_RESOURCE_ATTRIBUTES", r)?,
             None => BTreeMap::new(),
@@ -352,6 +414,7 @@ impl Config {
                 gzip,
                 spool_max_bytes: x.spool_max_bytes.unwrap_or(256 << 20),
                 ca_pem,
+                client_identity,
             },
             resource,
         })
@@ -537,5 +600,42 @@ bearer_token = "s3cret"
         assert!(err.contains("export.ca_file") && err.contains("no PEM certificate"), "{err}");
         let ok = resolve(&pem).unwrap();
         assert!(ok.export.ca_pem.is_some_and(|p| p.starts_with(b"-----BEGIN")));
+    }
+
+    #[test]
+    fn client_certificates_are_validated_with_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("agent.pem");
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let key = dir.path().join("agent.key");
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        let resolve = |endpoint: &str, lines: &str| {
+            let text = format!("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\nendpoint = {endpoint:?}\n{lines}");
+            Config::resolve(toml::from_str(&text).unwrap(), &Env::default(), &Overrides::default())
+        };
+        let pair = format!("tls_cert = {:?}\ntls_key = {:?}\n", cert.display().to_string(), key.display().to_string());
+        let ok = resolve("https://collector:4317", &pair).unwrap();
+        let id = ok.export.client_identity.unwrap();
+        assert!(id.key_pem.starts_with(b"-----BEGIN PRIVATE KEY"));
+        assert!(!format!("{id:?}").contains("AAAA"), "the key never shows in Debug output");
+        let cases = [
+            ("https://c:4317", format!("tls_cert = {:?}\n", cert.display().to_string()), "export.tls_key"),
+            ("https://c:4317", format!("tls_key = {:?}\n", key.display().to_string()), "export.tls_cert"),
+            ("http://c:4317", pair.clone(), "https://"),
+            (
+                "https://c:4317",
+                format!("tls_cert = {:?}\ntls_key = {:?}\n", key.display().to_string(), cert.display().to_string()),
+                "export.tls_cert",
+            ),
+            (
+                "https://c:4317",
+                format!("tls_cert = {:?}\ntls_key = \"/nonexistent/k.pem\"\n", cert.display().to_string()),
+                "export.tls_key",
+            ),
+        ];
+        for (endpoint, lines, want) in cases {
+            let err = resolve(endpoint, &lines).unwrap_err().to_string();
+            assert!(err.contains(want), "{lines}: {err}");
+        }
     }
 }

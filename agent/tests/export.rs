@@ -475,6 +475,7 @@ mod export {
             gzip,
             spool_max_bytes,
             ca_pem: None,
+            client_identity: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! fix it.
 
 use crate::findings::{DetectorConfig, TrackerConfig};
+use crate::receive::{ConnLimits, TlsFiles};
 use crate::window::WindowConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -57,6 +58,16 @@ pub struct RawReceive {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that agents' client certificates must chain
+    /// to: mutual TLS, a client without such a certificate cannot connect.
+    /// Needs `tls_cert` and `tls_key`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Open connections per OTLP listener (default 1024); past it new
+    /// connections are closed at once.
+    pub max_connections: Option<usize>,
+    /// A connection on which nothing moves this long is closed (default 2m).
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
     /// Largest request accepted, compressed or not (bytes, default 16 MiB).
     pub max_request_bytes: Option<usize>,
     /// Decoded batches waiting for the store; when full, senders are told
@@ -140,7 +151,8 @@ pub struct Config {
     pub otlp_http: Option<SocketAddr>,
     pub listen: SocketAddr,
     pub token: Option<String>,
-    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tls: Option<TlsFiles>,
+    pub limits: ConnLimits,
     pub max_request_bytes: usize,
     pub queue: usize,
     pub api_token: Option<String>,
@@ -196,11 +208,31 @@ impl Config {
         if token.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("receive.token", "is empty: remove it to accept unauthenticated agents"));
         }
-        let tls = match (r.tls_cert, r.tls_key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
+        let tls = match (r.tls_cert, r.tls_key, r.tls_client_ca) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles { cert, key, client_ca }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => {
+                return Err(invalid(
+                    "receive.tls_client_ca",
+                    "client certificates are checked in the TLS handshake: set tls_cert and tls_key too",
+                ));
+            }
             _ => return Err(invalid("receive.tls_cert", "TLS needs both tls_cert and tls_key")),
         };
+        let d = ConnLimits::default();
+        let limits = ConnLimits {
+            max_connections: r.max_connections.unwrap_or(d.max_connections),
+            idle_timeout: r.idle_timeout.unwrap_or(d.idle_timeout),
+            ..d
+        };
+        if limits.max_connections == 0 {
+            return Err(invalid("receive.max_connections", "must be at least 1"));
+        }
+        // Below the gRPC keepalive interval (30 s) a live agent's idle
+        // channel would be closed between its pings.
+        if limits.idle_timeout < Duration::from_secs(40) {
+            return Err(invalid("receive.idle_timeout", "must be at least 40s (the gRPC keepalive is 30s)"));
+        }
         let max_request_bytes = r.max_request_bytes.unwrap_or(16 << 20);
         if max_request_bytes < 1024 {
             return Err(invalid("receive.max_request_bytes", "must be at least 1024"));
@@ -250,6 +282,7 @@ impl Config {
             listen,
             token,
             tls,
+            limits,
             max_request_bytes,
             queue,
             api_token: file.http.token.filter(|t| !t.is_empty()),
@@ -291,6 +324,23 @@ mod tests {
         assert!(toml::from_str::<RawConfig>("[receive]\ngrcp = \"x\"\n").is_err(), "unknown keys are rejected");
         let raw: RawConfig = toml::from_str("[receive]\ntls_cert = \"c.pem\"\n").unwrap();
         assert!(Config::resolve(raw, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn mutual_tls_and_connection_limits_are_validated_with_the_key_named() {
+        let resolve = |text: &str| Config::resolve(toml::from_str(text).unwrap(), &Overrides::default());
+        let e = resolve("[receive]\ntls_client_ca = \"ca.pem\"\n").unwrap_err().to_string();
+        assert!(e.contains("receive.tls_client_ca") && e.contains("tls_cert"), "{e}");
+        let c = resolve("[receive]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\n").unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(c.limits, ConnLimits::default());
+        let e = resolve("[receive]\nmax_connections = 0\n").unwrap_err().to_string();
+        assert!(e.contains("receive.max_connections"), "{e}");
+        let e = resolve("[receive]\nidle_timeout = \"5s\"\n").unwrap_err().to_string();
+        assert!(e.contains("receive.idle_timeout"), "{e}");
+        let c = resolve("[receive]\nmax_connections = 10\nidle_timeout = \"5m\"\n").unwrap();
+        assert_eq!((c.limits.max_connections, c.limits.idle_timeout), (10, Duration::from_secs(300)));
     }
 
     #[test]

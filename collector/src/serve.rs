@@ -10,7 +10,7 @@
 use crate::config::Config;
 use crate::findings::{Finding, FindingTracker, detect_live};
 use crate::load::{NodeLoad, ParentLoad};
-use crate::receive::{self, Batch, IngestCounters, ReceiverConfig, TlsFiles};
+use crate::receive::{self, Batch, IngestCounters, ReceiverConfig};
 use crate::snapshot::Snapshot;
 use crate::window::Windows;
 use querywatch_wire::stats::EpochMillis;
@@ -199,8 +199,9 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         grpc: cfg.grpc,
         http: cfg.otlp_http,
         token: cfg.token.clone(),
-        tls: cfg.tls.clone().map(|(cert, key)| TlsFiles { cert, key }),
+        tls: cfg.tls.clone(),
         max_request_bytes: cfg.max_request_bytes,
+        limits: cfg.limits,
     };
     let receiver = receive::Receiver::bind(receiver_cfg, tx, ingest).await?;
     let (grpc, otlp_http) = (receiver.grpc_addr(), receiver.http_addr());
@@ -238,11 +239,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 
     let app = crate::api::router(shared.clone());
     let stop = stop_rx.clone();
+    // The same connection limits and timeouts as the OTLP listeners
+    // (receive/conn.rs): the API port is open (`/metrics` needs no token),
+    // and silent connections to it would hold file descriptors the
+    // ingest listeners share with it.
+    let limits = shared.config.limits;
     tasks.spawn(async move {
-        let served = axum::serve(api_listener, app).with_graceful_shutdown(stopped(stop)).await;
-        if let Err(e) = served {
-            eprintln!("querywatch collector: API listener stopped: {e}");
-        }
+        let incoming = receive::conn::accept(api_listener, limits);
+        receive::conn::serve_http(incoming, app, limits.header_timeout, stopped(stop)).await;
     });
     shared.ready.store(true, Ordering::Relaxed);
     Ok(Running { grpc, otlp_http, api, shared, stop: stop_tx, tasks })

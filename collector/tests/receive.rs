@@ -14,7 +14,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceReq
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::metrics::v1::{AggregationTemporality, Gauge, Metric, NumberDataPoint, metric::Data};
 use prost::Message;
-use querywatch_collector::receive::{Batch, IngestCounters, IngestSnapshot, Receiver, ReceiverConfig, TlsFiles};
+use querywatch_collector::receive::{
+    Batch, ConnLimits, IngestCounters, IngestSnapshot, Receiver, ReceiverConfig, TlsFiles,
+};
 use querywatch_wire::Observations;
 use querywatch_wire::observations::StatementKey;
 use querywatch_wire::otlp::{self, ResourceInfo};
@@ -124,6 +126,7 @@ impl Running {
             token: token.map(str::to_owned),
             tls,
             max_request_bytes,
+            limits: ConnLimits::default(),
         };
         let (tx, batches) = mpsc::channel(queue);
         let counters = Arc::new(IngestCounters::new());
@@ -632,7 +635,7 @@ async fn a_full_queue_throttles_with_retry_info() {
 fn self_signed(dir: &Path) -> (TlsFiles, String) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let cert_pem = ck.cert.pem();
-    let files = TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+    let files = TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem"), client_ca: None };
     std::fs::write(&files.cert, &cert_pem).unwrap();
     std::fs::write(&files.key, ck.signing_key.serialize_pem()).unwrap();
     (files, cert_pem)
@@ -688,16 +691,133 @@ async fn tls_with_our_ca_works_and_plain_text_does_not() {
     r.shutdown().await;
 }
 
+/// A CA, certificates it signed, and one it did not: for mutual TLS.
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+    /// A client certificate from another (self-signed) CA.
+    stranger: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let signed = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let stranger = rcgen::generate_simple_self_signed(vec!["agent".into()]).unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        server: signed("localhost"),
+        client: signed("agent"),
+        stranger: (stranger.cert.pem(), stranger.signing_key.serialize_pem()),
+    }
+}
+
+/// Mutual TLS over real sockets, on both listeners: a client without a
+/// certificate and one with a certificate from another CA cannot send
+/// (the handshake fails, no request is counted); one with a certificate
+/// from `tls_client_ca` can.
+#[tokio::test]
+async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let files = TlsFiles {
+        cert: write("server.pem", &pki.server.0),
+        key: write("server.key", &pki.server.1),
+        client_ca: Some(write("clients-ca.pem", &pki.ca_pem)),
+    };
+    let mut r = Running::start(Some(TOKEN), Some(files), 1 << 20, 16).await;
+    let ca = Certificate::from_pem(&pki.ca_pem);
+
+    // gRPC.
+    let (grpc_addr, http_addr) = (r.grpc, r.http);
+    let grpc = |identity: Option<&(String, String)>| {
+        let mut tls = ClientTlsConfig::new().ca_certificate(ca.clone()).domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        let endpoint = Endpoint::from_shared(format!("https://{grpc_addr}")).unwrap().tls_config(tls).unwrap();
+        async move {
+            match endpoint.connect().await {
+                Ok(ch) => grpc_metrics(&ch, metrics_request("mtls-grpc"), Some(TOKEN)).await.map(|_| ()),
+                Err(e) => Err(Status::unavailable(e.to_string())),
+            }
+        }
+    };
+    assert!(grpc(None).await.is_err(), "no client certificate");
+    assert!(grpc(Some(&pki.stranger)).await.is_err(), "a certificate from another CA");
+    r.no_batch();
+    grpc(Some(&pki.client)).await.unwrap();
+    assert_ours(&r.batch().await, "mtls-grpc");
+
+    // HTTP.
+    let url = format!("https://localhost:{}/v1/metrics", r.http.port());
+    let http = |identity: Option<&(String, String)>| {
+        let mut b = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+            .resolve("localhost", http_addr);
+        if let Some((cert, key)) = identity {
+            b = b.identity(reqwest::Identity::from_pem(format!("{cert}\n{key}").as_bytes()).unwrap());
+        }
+        let client = b.build().unwrap();
+        let url = url.clone();
+        async move {
+            post_with(
+                &client,
+                &url,
+                Some(TOKEN),
+                "application/x-protobuf",
+                false,
+                metrics_request("mtls-http").encode_to_vec(),
+            )
+            .await
+        }
+    };
+    let none = http(None).await;
+    assert!(none.is_err(), "no client certificate: {none:?}");
+    let stranger = http(Some(&pki.stranger)).await;
+    assert!(stranger.is_err(), "a certificate from another CA: {stranger:?}");
+    r.no_batch();
+    assert_eq!(http(Some(&pki.client)).await.unwrap().0, 200);
+    assert_ours(&r.batch().await, "mtls-http");
+
+    // Refused handshakes never became requests.
+    let s = r.snapshot();
+    assert_eq!((s.requests.grpc_metrics, s.requests.http_metrics), (1, 1), "{s:?}");
+    assert_eq!(s.rejected.unauthenticated, 0);
+    r.shutdown().await;
+}
+
 #[tokio::test]
 async fn start_up_errors_name_the_problem() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = taken.local_addr().unwrap();
-    let cfg = ReceiverConfig { grpc: Some(addr), http: None, token: None, tls: None, max_request_bytes: 1024 };
+    let cfg = ReceiverConfig {
+        grpc: Some(addr),
+        http: None,
+        token: None,
+        tls: None,
+        max_request_bytes: 1024,
+        limits: ConnLimits::default(),
+    };
     let e = Receiver::bind(cfg.clone(), mpsc::channel(1).0, Arc::default()).await.unwrap_err().to_string();
     assert!(e.contains(&addr.to_string()) && e.contains("[receive] grpc"), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
-    let missing = TlsFiles { cert: dir.path().join("nope.pem"), key: dir.path().join("nope.key") };
+    let missing = TlsFiles { cert: dir.path().join("nope.pem"), key: dir.path().join("nope.key"), client_ca: None };
     let cfg = ReceiverConfig { grpc: None, http: Some("127.0.0.1:0".parse().unwrap()), tls: Some(missing), ..cfg };
     let e = Receiver::bind(cfg.clone(), mpsc::channel(1).0, Arc::default()).await.unwrap_err().to_string();
     assert!(e.contains("nope.pem"), "{e}");
@@ -705,6 +825,19 @@ async fn start_up_errors_name_the_problem() {
     std::fs::write(dir.path().join("nope.key"), "not a key").unwrap();
     let e = Receiver::bind(cfg.clone(), mpsc::channel(1).0, Arc::default()).await.unwrap_err().to_string();
     assert!(e.contains("nope.pem") && e.contains("CERTIFICATE"), "{e}");
+
+    // A client CA file that is missing or holds no certificate names its key.
+    let (good, _) = self_signed(dir.path());
+    for (content, want) in [(None, "missing-ca.pem"), (Some("no certificate here"), "CERTIFICATE")] {
+        let ca = dir.path().join("missing-ca.pem");
+        if let Some(c) = content {
+            std::fs::write(&ca, c).unwrap();
+        }
+        let tls = TlsFiles { client_ca: Some(ca), ..good.clone() };
+        let with_ca = ReceiverConfig { tls: Some(tls), ..cfg.clone() };
+        let e = Receiver::bind(with_ca, mpsc::channel(1).0, Arc::default()).await.unwrap_err().to_string();
+        assert!(e.contains("tls_client_ca") && e.contains(want), "{e}");
+    }
 
     let none = ReceiverConfig { grpc: None, http: None, tls: None, ..cfg };
     assert!(Receiver::bind(none, mpsc::channel(1).0, Arc::default()).await.is_err());

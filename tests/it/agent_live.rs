@@ -27,7 +27,7 @@ use crate::support::{ClusterOptions, PgCluster, skip_pg, workload_dir};
 /// The string literals of the workload's SQL files: those of at least 5
 /// characters that do not also occur outside quotes (a literal `'note '`
 /// next to a column `note` cannot be told apart in the bytes).
-fn workload_literals() -> Vec<String> {
+pub(crate) fn workload_literals() -> Vec<String> {
     let (mut literals, mut unquoted) = (Vec::new(), String::new());
     for entry in fs::read_dir(workload_dir()).unwrap() {
         let path = entry.unwrap().path();

@@ -208,6 +208,32 @@ fn check_kubernetes(docs: &[Value]) {
     assert_eq!(mount(agent, "agent-state")["mountPath"], toml_string(toml, "state_dir"));
     assert!(toml_string(toml, "endpoint").contains("querywatch-collector.querywatch.svc:4317"));
     assert_eq!(agent["securityContext"]["readOnlyRootFilesystem"], true);
+
+    // Both querywatch containers: non-root, read-only root filesystem, no
+    // capabilities, no privilege escalation; the only writable mount is
+    // the agent's state_dir (checkpoint and spool).
+    let collector_pod = &pod["spec"];
+    for (name, c, pod_spec) in [("collector", container, collector_pod), ("querywatch-agent", agent, spec)] {
+        let sc = &c["securityContext"];
+        let non_root = sc["runAsNonRoot"] == true || pod_spec["securityContext"]["runAsNonRoot"] == true;
+        assert!(non_root, "{name}: runAsNonRoot");
+        let uid = sc["runAsUser"].as_u64().or_else(|| pod_spec["securityContext"]["runAsUser"].as_u64());
+        assert!(uid.is_some_and(|u| u > 0), "{name}: runAsUser must be a non-zero uid");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}: drop all capabilities");
+        assert!(sc["capabilities"]["add"].is_null(), "{name}: adds capabilities");
+        assert!(sc["privileged"] != true, "{name}: privileged");
+        let writable: Vec<&str> = c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["readOnly"] != true)
+            .map(|m| str_of(m, "/name"))
+            .collect();
+        let want: &[&str] = if name == "collector" { &[] } else { &["agent-state"] };
+        assert_eq!(writable, want, "{name}: writable mounts");
+    }
 }
 
 #[test]
@@ -255,6 +281,23 @@ fn deployment_files_agree_with_each_other() {
     assert!(volumes("agent").contains(&format!("agent-state:{}", toml_string(toml, "state_dir"))));
     assert_eq!(toml_string(toml, "endpoint"), "http://collector:4317");
     assert!(services["collector"].is_object());
+    // Both querywatch services: read-only root filesystem, no capabilities,
+    // no privilege gain, not root; the agent writes only its state volume.
+    for svc in ["agent", "collector"] {
+        let service = &services[svc];
+        assert_eq!(service["read_only"], true, "{svc}: read_only");
+        assert_eq!(service["cap_drop"], serde_json::json!(["ALL"]), "{svc}: cap_drop");
+        let opts: Vec<&str> = array(service, "/security_opt").iter().filter_map(Value::as_str).collect();
+        assert!(opts.contains(&"no-new-privileges:true"), "{svc}: security_opt {opts:?}");
+        let user = str_of(service, "/user");
+        assert!(!user.is_empty() && !user.starts_with("0") && !user.starts_with("root"), "{svc}: user {user:?}");
+        let mounted: Vec<String> =
+            service["volumes"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
+        let writable: Vec<String> = mounted.into_iter().filter(|v| !v.ends_with(":ro")).collect();
+        let want: Vec<String> =
+            if svc == "agent" { vec![format!("agent-state:{}", toml_string(toml, "state_dir"))] } else { vec![] };
+        assert_eq!(writable, want, "{svc}: writable volumes");
+    }
     // Bind mounts exist (paths relative to deploy/).
     for svc in ["prometheus", "grafana"] {
         for v in volumes(svc) {

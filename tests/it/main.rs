@@ -13,6 +13,8 @@ mod check;
 mod collector_e2e;
 mod deploy_files;
 mod formats;
+mod mtls;
+mod privacy;
 mod prometheus_live;
 mod prometheus_rules;
 mod stats_poll;

@@ -136,6 +136,10 @@ pub enum ExportError {
     HttpClient(String),
     #[error("export.ca_file: not usable as CA certificates: {0}")]
     CaFile(String),
+    #[error("export.tls_cert / export.tls_key: not a usable client certificate and key: {0}")]
+    ClientCert(String),
+    #[error("export.ca_file, export.tls_cert or export.tls_key: not usable for TLS: {0}")]
+    Tls(String),
     #[error("spool directory {path}: {source} (is state_dir writable?)")]
     Spool { path: PathBuf, source: std::io::Error },
 }

@@ -17,6 +17,8 @@
 //! install in a slim container image, one crypto provider in the binary.
 //! A collector with a certificate from a private CA is trusted through
 //! `export.ca_file` (PEM), added to those roots for both transports.
+//! With `export.tls_cert`/`tls_key` the agent presents a client
+//! certificate (mutual TLS), again for both transports.
 
 use super::ExportError;
 use super::classify::{self, Failure};
@@ -53,6 +55,12 @@ impl Transport {
     /// Validates everything about the configuration that can be checked
     /// without a network: the endpoint, the headers, TLS setup.
     pub(crate) fn new(config: &ExportConfig) -> Result<Transport, ExportError> {
+        // Parsed once here for both transports, so a broken certificate or
+        // key is named as such (tonic would report it as a TLS error).
+        if let Some(id) = &config.client_identity {
+            reqwest::Identity::from_pem(&[id.cert_pem.as_slice(), b"\n", id.key_pem.as_slice()].concat())
+                .map_err(|e| ExportError::ClientCert(format!("{e} ({})", error_chain(&e))))?;
+        }
         match config.protocol {
             Protocol::Grpc => Grpc::new(config).map(|g| Transport::Grpc(Box::new(g))),
             Protocol::HttpProtobuf => Http::new(config).map(Transport::Http),
@@ -102,6 +110,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out.join(": ")
 }
 
+/// A TLS set-up error, blamed on the files that were given: tonic and
+/// reqwest parse certificates and keys only when they build their
+/// clients, and their errors do not say which file was wrong.
+fn tls_error(config: &ExportConfig, e: &dyn std::error::Error) -> ExportError {
+    let reason = format!("{e} ({})", error_chain(e));
+    match (&config.ca_pem, &config.client_identity) {
+        (Some(_), None) => ExportError::CaFile(reason),
+        (None, Some(_)) => ExportError::ClientCert(reason),
+        (Some(_), Some(_)) => ExportError::Tls(reason),
+        (None, None) => endpoint_error(config, reason),
+    }
+}
+
 fn header_error(name: &str, reason: impl ToString) -> ExportError {
     ExportError::Header { name: name.to_owned(), reason: reason.to_string() }
 }
@@ -126,12 +147,12 @@ impl Grpc {
             if let Some(pem) = &config.ca_pem {
                 tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
             }
+            if let Some(id) = &config.client_identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
+            }
             // tonic parses the certificates here: a broken one is a
             // configuration error now, not a failure at every export.
-            endpoint = endpoint.tls_config(tls).map_err(|e| match &config.ca_pem {
-                Some(_) => ExportError::CaFile(e.to_string()),
-                None => endpoint_error(config, e),
-            })?;
+            endpoint = endpoint.tls_config(tls).map_err(|e| tls_error(config, &e))?;
         }
         let mut metadata = Vec::new();
         for (name, value) in &config.headers {
@@ -215,15 +236,25 @@ impl Http {
             .default_headers(headers)
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
+            // The collector closes an HTTP/1 connection that carries no
+            // request for 30 s (its slowloris guard). Dropping our idle
+            // connections before that means a request never goes out on a
+            // connection the collector is closing at that very moment.
+            .pool_idle_timeout(std::time::Duration::from_secs(20))
             .use_rustls_tls();
         if let Some(pem) = &config.ca_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| ExportError::CaFile(e.to_string()))? {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let client = builder.build().map_err(|e| match &config.ca_pem {
-            Some(_) => ExportError::CaFile(format!("{e} ({})", error_chain(&e))),
-            None => ExportError::HttpClient(e.to_string()),
+        if let Some(id) = &config.client_identity {
+            let pem = [id.cert_pem.as_slice(), b"\n", id.key_pem.as_slice()].concat();
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| ExportError::ClientCert(e.to_string()))?;
+            builder = builder.identity(identity);
+        }
+        let client = builder.build().map_err(|e| match (&config.ca_pem, &config.client_identity) {
+            (None, None) => ExportError::HttpClient(e.to_string()),
+            _ => tls_error(config, &e),
         })?;
         Ok(Http { client, metrics_url, logs_url, gzip: config.gzip })
     }
@@ -306,6 +337,7 @@ mod tests {
             gzip: true,
             spool_max_bytes: 1 << 20,
             ca_pem: None,
+            client_identity: None,
         }
     }
 
@@ -317,6 +349,21 @@ mod tests {
             c.ca_pem = Some(broken.clone());
             let err = Transport::new(&c).err().unwrap();
             assert!(matches!(err, ExportError::CaFile(_)), "{p:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_broken_client_certificate_is_a_configuration_error() {
+        let broken = crate::config::ClientIdentity {
+            cert_pem: b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec(),
+            key_pem: b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec(),
+        };
+        for p in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let mut c = config("https://collector.example:4317", p);
+            c.client_identity = Some(broken.clone());
+            let err = Transport::new(&c).err().unwrap();
+            assert!(matches!(err, ExportError::ClientCert(_)), "{p:?}: {err}");
+            assert!(err.to_string().contains("export.tls_cert"), "{err}");
         }
     }
 

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use flate2::read::MultiGzDecoder;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
@@ -156,14 +156,32 @@ async fn read_body(st: &HttpState, headers: &HeaderMap, body: Body, gzip: bool) 
         |what: &str| st.ingest.refuse(Reason::TooLarge, format!("{what} is larger than the limit of {limit} bytes"));
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX)) {
+        drain(body);
         return Err(too_large("the request body"));
     }
     // The body is read under a concurrency slot: a sender that trickles it
     // must not hold the slot for ever.
-    let raw = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large("the request body")),
-        Ok(Err(e)) => return Err(st.ingest.refuse(Reason::Malformed, format!("reading the request body: {e}"))),
+    let mut body = body;
+    let read = async {
+        let mut raw = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("reading the request body: {e}"))?;
+            if let Some(data) = frame.data_ref() {
+                if raw.len() + data.len() > limit {
+                    return Ok(None);
+                }
+                raw.extend_from_slice(data);
+            }
+        }
+        Ok::<_, String>(Some(raw))
+    };
+    let raw = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(Some(raw))) => Bytes::from(raw),
+        Ok(Ok(None)) => {
+            drain(body);
+            return Err(too_large("the request body"));
+        }
+        Ok(Err(m)) => return Err(st.ingest.refuse(Reason::Malformed, m)),
         Err(_) => {
             let m = format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs());
             return Err(st.ingest.refuse(Reason::Malformed, m));
@@ -178,6 +196,32 @@ async fn read_body(st: &HttpState, headers: &HeaderMap, body: Body, gzip: bool) 
         Ok(None) => Err(too_large("the decompressed request body")),
         Err(e) => Err(st.ingest.refuse(Reason::Malformed, format!("the body is not valid gzip: {e}"))),
     }
+}
+
+/// Most of a refused body [`drain`] reads before it gives up.
+const DRAIN_MAX_BYTES: usize = 64 << 20;
+
+/// Reads and discards the rest of a refused body, in a task of its own, so
+/// that the sender, still writing it, gets to read our 413 rather than a
+/// broken pipe: hyper closes a connection whose request body was left
+/// unread, and most clients (reqwest, the agent's, among them) read the
+/// answer only once they have sent the whole body. A broken pipe looks
+/// retryable to a sender; a 413 tells it not to retry. Bounded: at most
+/// [`DRAIN_MAX_BYTES`] and [`BODY_TIMEOUT`], then the connection is
+/// closed anyway; nothing read is kept.
+fn drain(mut body: Body) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(BODY_TIMEOUT, async {
+            let mut n = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                n += frame.data_ref().map_or(0, Bytes::len);
+                if n > DRAIN_MAX_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// Inflates `bytes`, reading at most `limit + 1` bytes out of the decoder:

@@ -19,23 +19,27 @@
 //!   long it took.
 //! - `ingest` — the part both transports share: token, decode, hand-off.
 //! - `grpc`, `http` — the two transports.
-//! - `tls` — certificates, and the TLS listener for HTTP.
+//! - `tls` — certificates, client certificates (mutual TLS), and the TLS
+//!   handshakes for HTTP.
+//! - [`conn`] — connection limits and timeouts for both listeners, and
+//!   the HTTP/1.1 server loop (slow and idle senders).
 //!
 //! [`Receiver::bind`] binds the listeners and reports their addresses
 //! (port 0 works), then [`Receiver::run`] serves until `shutdown`
 //! resolves; [`serve`] does both.
 //!
 //! Shortcuts taken on purpose: HTTP/1.1 only on the HTTP port (gRPC is
-//! the HTTP/2 transport); connections that send nothing are not timed out
-//! on the plain HTTP port (they hold a socket, never a request slot); gRPC
-//! `bytes_received` counts the decoded message, not the wire bytes.
+//! the HTTP/2 transport); gRPC `bytes_received` counts the decoded
+//! message, not the wire bytes.
 
+pub mod conn;
 pub mod counters;
 mod grpc;
 mod http;
 mod ingest;
 mod tls;
 
+pub use conn::ConnLimits;
 pub use counters::{IngestCounters, IngestSnapshot, render_metrics};
 
 use std::future::Future;
@@ -73,11 +77,14 @@ pub struct Batch {
     pub points: u64,
 }
 
-/// Where a certificate chain and its private key are, both PEM.
+/// Where a certificate chain and its private key are, both PEM, and the
+/// CA certificates that client certificates must chain to (mutual TLS).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `Some`: every client must present a certificate from these CAs.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The receiver's validated configuration.
@@ -94,6 +101,8 @@ pub struct ReceiverConfig {
     pub tls: Option<TlsFiles>,
     /// Largest request body, compressed and decompressed.
     pub max_request_bytes: usize,
+    /// Connections per listener and their timeouts.
+    pub limits: ConnLimits,
 }
 
 impl Default for ReceiverConfig {
@@ -105,6 +114,7 @@ impl Default for ReceiverConfig {
             token: None,
             tls: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            limits: ConnLimits::default(),
         }
     }
 }
@@ -119,6 +129,8 @@ pub enum ReceiveError {
     Bind { transport: &'static str, key: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("TLS file {}: {reason} (check [receive] tls_cert / tls_key)", path.display())]
     Tls { path: PathBuf, reason: String },
+    #[error("client CA file {}: {reason} (check [receive] tls_client_ca)", path.display())]
+    ClientCa { path: PathBuf, reason: String },
     #[error("nothing to serve: set [receive] grpc or http (or both) to a listen address")]
     NoListener,
     #[error("max_request_bytes must be at least 1")]
@@ -133,6 +145,7 @@ pub struct Receiver {
     http: Option<(TcpListener, SocketAddr)>,
     pem: Option<(TlsFiles, tls::Pem)>,
     max_request_bytes: usize,
+    limits: ConnLimits,
     ingest: Arc<ingest::Ingest>,
 }
 
@@ -181,7 +194,7 @@ impl Receiver {
             None => None,
         };
         let ingest = Arc::new(ingest::Ingest::new(tx, counters, cfg.token));
-        Ok(Receiver { grpc, http, pem, max_request_bytes: cfg.max_request_bytes, ingest })
+        Ok(Receiver { grpc, http, pem, max_request_bytes: cfg.max_request_bytes, limits: cfg.limits, ingest })
     }
 
     /// The bound OTLP/gRPC address (the real port when bound to port 0).
@@ -222,19 +235,32 @@ impl Receiver {
                 |e: &dyn std::fmt::Display| ReceiveError::Serve { transport: "gRPC", addr, reason: e.to_string() };
             let mut builder = tonic::transport::Server::builder()
                 .timeout(GRPC_TIMEOUT)
-                .max_concurrent_streams(Some(u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX)));
+                .max_concurrent_streams(Some(u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX)))
+                // Pings keep live agents' idle connections moving, so the
+                // idle timeout (conn.rs) closes only dead or silent ones;
+                // a peer that does not answer a ping is closed too.
+                .http2_keepalive_interval(Some(conn::KEEPALIVE))
+                .http2_keepalive_timeout(Some(conn::KEEPALIVE_TIMEOUT));
             if let Some((_, pem)) = &self.pem {
                 let identity = tonic::transport::Identity::from_pem(&pem.cert, &pem.key);
-                builder = builder
-                    .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                    .map_err(|e| fail(&e))?;
+                let mut tls =
+                    tonic::transport::ServerTlsConfig::new().identity(identity).timeout(tls::HANDSHAKE_TIMEOUT);
+                if let Some(ca) = &pem.client_ca {
+                    // Required, not optional: a client without a
+                    // certificate fails the handshake.
+                    tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+                }
+                builder = builder.tls_config(tls).map_err(|e| fail(&e))?;
             }
             let counters = counters.clone();
             let layers = tower::ServiceBuilder::new()
                 .map_response(move |resp| grpc::fix_status(&counters, resp))
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_IN_FLIGHT));
             let (metrics, logs) = grpc::services(&ingest, self.max_request_bytes);
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(conn::accept(listener, self.limits)),
+                Ok::<_, std::io::Error>,
+            );
             builder
                 .layer(layers)
                 .add_service(metrics)
@@ -244,24 +270,19 @@ impl Receiver {
                 .map_err(|e| fail(&e))
         };
         let http = async {
-            let Some((listener, addr)) = self.http else { return Ok(()) };
-            let fail =
-                |e: &dyn std::fmt::Display| ReceiveError::Serve { transport: "HTTP", addr, reason: e.to_string() };
+            let Some((listener, _)) = self.http else { return Ok(()) };
             let state = Arc::new(http::HttpState { ingest: ingest.clone(), max_request_bytes: self.max_request_bytes });
             let app = http::router(state, MAX_IN_FLIGHT);
+            let incoming = conn::accept(listener, self.limits);
+            let header_timeout = self.limits.header_timeout;
             match &self.pem {
                 Some((files, pem)) => {
                     let config = tls::server_config(files, pem)?;
-                    let listener = tls::TlsListener::new(listener, config).map_err(|e| fail(&e))?;
-                    axum::serve(listener, app).with_graceful_shutdown(stopped()).await.map_err(|e| fail(&e))
+                    conn::serve_http(tls::handshakes(incoming, config), app, header_timeout, stopped()).await;
                 }
-                None => {
-                    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    axum::serve(listener, app).with_graceful_shutdown(stopped()).await.map_err(|e| fail(&e))
-                }
+                None => conn::serve_http(incoming, app, header_timeout, stopped()).await,
             }
+            Ok(())
         };
         let stop = async {
             shutdown.await;

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Supply-chain checks with cargo-deny (configuration: deny.toml).
+#
+#   scripts/audit.sh            bans, licenses, sources; advisories if the
+#                               RustSec database can be had
+#   QUERYWATCH_AUDIT_STRICT=1   an advisory database that cannot be had
+#                               fails the run instead of being reported
+#
+# bans, licenses and sources need nothing but Cargo.lock and the crates'
+# manifests (offline). advisories need the RustSec advisory database, a git
+# repository on GitHub: cargo-deny fetches it into ~/.cargo/advisory-dbs.
+# Where GitHub cannot be reached and no copy is there, the advisories are
+# NOT checked, and this script says so on a line of its own.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo-deny >/dev/null 2>&1; then
+    echo "audit: installing cargo-deny (cargo install --locked)" >&2
+    cargo install cargo-deny --locked
+fi
+cargo deny --version
+
+status=0
+cargo deny --offline --log-level error check bans licenses sources || status=$?
+
+db_dir="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
+if timeout 60 cargo deny --log-level error fetch db >/dev/null 2>&1; then
+    cargo deny --offline --log-level error check advisories || status=$?
+elif compgen -G "$db_dir/*/crates" >/dev/null; then
+    # A copy made earlier (or put there by hand: a clone of the advisory-db
+    # repository, as cargo-deny names it); a failed fetch leaves only a lock.
+    echo "audit: advisory database not reachable; checking against the copy in $db_dir" >&2
+    cargo deny --offline --log-level error check advisories || status=$?
+else
+    echo "audit: advisories NOT CHECKED: the RustSec advisory database (github.com/rustsec/advisory-db) cannot be fetched from here and no copy is in $db_dir"
+    if [ "${QUERYWATCH_AUDIT_STRICT:-0}" = 1 ]; then
+        status=1
+    fi
+fi
+exit "$status"
