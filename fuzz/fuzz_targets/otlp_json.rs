@@ -19,13 +19,23 @@ fuzz_target!(|data: &[u8]| {
         let Ok(req) = serde_json::from_slice::<ExportMetricsServiceRequest>(body) else { return };
         let Ok(decoded) = decode_metrics(&req) else { return };
         check_decoded(&decoded, |obs, res, interval| {
-            decode_metrics(&encode_metrics(obs, res, interval)).expect("re-encoded").batches.into_iter().map(|b| b.1).collect()
+            decode_metrics(&encode_metrics(obs, res, interval))
+                .expect("re-encoded")
+                .batches
+                .into_iter()
+                .map(|b| b.1)
+                .collect()
         });
     } else {
         let Ok(req) = serde_json::from_slice::<ExportLogsServiceRequest>(body) else { return };
         let Ok(decoded) = decode_logs(&req) else { return };
         check_decoded(&decoded, |obs, res, interval| {
-            decode_logs(&encode_logs(obs, res, interval)).expect("re-encoded").batches.into_iter().map(|b| b.1).collect()
+            decode_logs(&encode_logs(obs, res, interval))
+                .expect("re-encoded")
+                .batches
+                .into_iter()
+                .map(|b| b.1)
+                .collect()
         });
     }
 });

@@ -165,7 +165,11 @@ fn build(i: &Input) -> (ResourceInfo, Observations) {
         ..AgentHealth::default()
     };
     for (name, bytes, lines) in i.files.iter().take(4) {
-        agent.files.entry(name.clone()).or_default().merge(&FileRead { bytes: u64::from(*bytes), lines: u64::from(*lines) });
+        agent
+            .files
+            .entry(name.clone())
+            .or_default()
+            .merge(&FileRead { bytes: u64::from(*bytes), lines: u64::from(*lines) });
     }
     // What the agent does before sending (bounded per-file series).
     agent.cap_files();
@@ -212,7 +216,11 @@ fuzz_target!(|input: Input| {
     for ((k, x), (_, y)) in want.iter().zip(&got) {
         assert_eq!((x.calls, x.total, x.min, x.max), (y.calls, y.total, y.min, y.max), "{k:?}");
         assert_eq!(x.hist.buckets().collect::<Vec<_>>(), y.hist.buckets().collect::<Vec<_>>(), "{k:?}");
-        assert_eq!((x.rows, &x.errors, x.temp_files, x.temp_bytes), (y.rows, &y.errors, y.temp_files, y.temp_bytes), "{k:?}");
+        assert_eq!(
+            (x.rows, &x.errors, x.temp_files, x.temp_bytes),
+            (y.rows, &y.errors, y.temp_files, y.temp_bytes),
+            "{k:?}"
+        );
         assert_eq!((&x.slowest, &x.slowest_plan), (&y.slowest, &y.slowest_plan), "{k:?}");
     }
     let locks = |o: &Observations| {

@@ -23,11 +23,28 @@ macro_rules! fixtures {
 }
 
 const FIXTURES: &[&str] = fixtures!(
-    "auto_explain_text.log", "auto_explain_json.log", "expressions.txt", "expressions.json", "hash_batches.txt",
-    "hash_batches.json", "hashagg_spill.txt", "hashagg_spill.json", "index_scan.txt", "index_scan.json",
-    "nested_loop.txt", "nested_loop.json", "parallel_seqscan.txt", "parallel_seqscan.json", "partitioned.txt",
-    "partitioned.json", "seqscan_filter.txt", "seqscan_filter.json", "sort_spill.txt", "sort_spill.json",
-    "tid_scan.txt", "tid_scan.json"
+    "auto_explain_text.log",
+    "auto_explain_json.log",
+    "expressions.txt",
+    "expressions.json",
+    "hash_batches.txt",
+    "hash_batches.json",
+    "hashagg_spill.txt",
+    "hashagg_spill.json",
+    "index_scan.txt",
+    "index_scan.json",
+    "nested_loop.txt",
+    "nested_loop.json",
+    "parallel_seqscan.txt",
+    "parallel_seqscan.json",
+    "partitioned.txt",
+    "partitioned.json",
+    "seqscan_filter.txt",
+    "seqscan_filter.json",
+    "sort_spill.txt",
+    "sort_spill.json",
+    "tid_scan.txt",
+    "tid_scan.json"
 );
 
 fn format_of(plan: &str) -> PlanFormat {
@@ -91,13 +108,18 @@ fuzz_target!(|data: &[u8]| {
             // The string constant: `zq` + input bytes mapped into characters
             // that cannot end the literal (no quote, backslash; no newline
             // in JSON, where it would need escaping) + `qz`.
-            let alphabet: &[u8] = if json { b"abcdefghijklmnop 0123456789-_;:()*/.,$" } else { b"abcdefghijklmnop 0123456789-_;:()*/.,$\n\"" };
+            let alphabet: &[u8] = if json {
+                b"abcdefghijklmnop 0123456789-_;:()*/.,$"
+            } else {
+                b"abcdefghijklmnop 0123456789-_;:()*/.,$\n\""
+            };
             let mut body = String::from("zq");
             body.extend(value.iter().take(40).map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()])));
             body.push_str("qz");
             // The numeric constant: eight digits starting with 98, which no
             // statistic of the fixtures has.
-            let n = 98_000_000 + value.iter().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(*b))) % 1_000_000;
+            let n =
+                98_000_000 + value.iter().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(*b))) % 1_000_000;
             let number = n.to_string();
             let plan = fixture.replace("zqzq", &body).replace("47.11", &format!("{number}.5")).replace("4711", &number);
             let (query, plan_text, format) = match split_auto_explain(&plan) {

@@ -66,9 +66,16 @@ fn generate() -> Result<(), Box<dyn std::error::Error>> {
     }
     // A line of each common prefix, to start the prefix grammar off.
     for (i, p) in querywatch_agent::logparse::COMMON_PREFIXES.iter().enumerate() {
-        w("stderr_prefix", &format!("prefix-{i}"), format!("\u{5}{p}\n2026-11-24 09:00:00.001 UTC [12] LOG:  duration: 1.5 ms  statement: SELECT 1\n").as_bytes())?;
+        w(
+            "stderr_prefix",
+            &format!("prefix-{i}"),
+            format!("\u{5}{p}\n2026-11-24 09:00:00.001 UTC [12] LOG:  duration: 1.5 ms  statement: SELECT 1\n")
+                .as_bytes(),
+        )?;
     }
-    for (target, file) in [("csvlog", "postgresql.csv"), ("csvlog", "minimal-prefix.csv"), ("jsonlog", "postgresql.json")] {
+    for (target, file) in
+        [("csvlog", "postgresql.csv"), ("csvlog", "minimal-prefix.csv"), ("jsonlog", "postgresql.json")]
+    {
         let log = fs::read(pg15.join(file))?;
         let starts = |l: &[u8]| if target == "jsonlog" { l.starts_with(b"{") } else { l.starts_with(b"20") };
         for (i, win) in windows(&log, starts).into_iter().enumerate() {
@@ -153,7 +160,12 @@ fn windows(log: &[u8], starts: impl Fn(&[u8]) -> bool) -> Vec<&[u8]> {
     for k in 0..WINDOWS {
         let from = log.len() * k / WINDOWS;
         let Some(&a) = line_starts.iter().find(|&&s| s >= from) else { break };
-        let b = line_starts.iter().copied().filter(|&s| s > a && s <= a + WINDOW).last().unwrap_or(log.len().min(a + WINDOW));
+        let b = line_starts
+            .iter()
+            .copied()
+            .filter(|&s| s > a && s <= a + WINDOW)
+            .last()
+            .unwrap_or(log.len().min(a + WINDOW));
         if b > a && out.last() != Some(&&log[a..b]) {
             out.push(&log[a..b]);
         }
