@@ -887,6 +887,10 @@ const fn space_rule(prev: Kind, next: Kind) -> Space {
     use Kind::*;
     match (prev, next) {
         (Start, _) => Space::No,
+        // `:` `:` glued would read back as one `::` cast, and `:` `::` as
+        // `::` `:`: re-masking would see other tokens (and collapse a list
+        // it kept the first time). Found by the `mask` fuzz target.
+        (Colon, Colon | Cast) => Space::Yes,
         (LParen | LBrack | Dot | Cast | Colon, _) => Space::No,
         (_, RParen | RBrack | Comma | Semi | Dot | Cast | Colon) => Space::No,
         (QIdent, LParen) => Space::No,
@@ -1237,6 +1241,24 @@ mod tests {
             assert_eq!(mask(&once), once, "not idempotent for {input:?}");
         }
         assert_eq!(mask("VALUES (0, x 100), (2, 100)"), "VALUES ($1, x $2)");
+    }
+
+    /// Found by the `mask` fuzz target: `2: :k06` was written as
+    /// `$1::k06`, which re-masks as a cast, so a VALUES list kept on the
+    /// first pass collapsed on the second.
+    #[test]
+    fn fuzz_mask_colon_colon_glued_into_cast() {
+        let crash = include_bytes!("../../tests/fixtures/fuzz/mask-colon-colon-glued-into-cast.bin");
+        // The first byte is the fuzz target's mode byte.
+        let crash = String::from_utf8_lossy(&crash[1..]);
+        for input in [&*crash, "INSERT INTO t VALUES (2: :k06, 'c'), (14, 'd')", "SELECT a: ::int, b"] {
+            let once = mask(input);
+            assert_eq!(mask(&once), once, "not idempotent for {input:?}");
+        }
+        assert_eq!(
+            mask("INSERT INTO t VALUES (2: :k06, 'c'), (14, 'd')"),
+            "INSERT INTO t VALUES ($1: :k06, $2), ($3, $4)"
+        );
     }
 
     #[test]
