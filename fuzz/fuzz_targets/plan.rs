@@ -64,10 +64,10 @@ fn mask_and_analyze(plan: &str, format: PlanFormat, idempotent: bool) -> Option<
         mask_plan(&out, format, &mut again).expect("a masked real plan must mask again");
         assert_eq!(again, out, "plan masking is not idempotent\ninput: {plan:?}");
     }
-    if let Ok(insights) = analyze_plan(&out) {
-        if let Some(t) = insights.total_time_ms {
-            assert!(t.is_finite() && t >= 0.0, "total time {t}");
-        }
+    if let Ok(insights) = analyze_plan(&out)
+        && let Some(t) = insights.total_time_ms
+    {
+        assert!(t.is_finite() && t >= 0.0, "total time {t}");
     }
     Some(out)
 }

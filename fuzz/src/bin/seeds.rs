@@ -160,12 +160,7 @@ fn windows(log: &[u8], starts: impl Fn(&[u8]) -> bool) -> Vec<&[u8]> {
     for k in 0..WINDOWS {
         let from = log.len() * k / WINDOWS;
         let Some(&a) = line_starts.iter().find(|&&s| s >= from) else { break };
-        let b = line_starts
-            .iter()
-            .copied()
-            .filter(|&s| s > a && s <= a + WINDOW)
-            .last()
-            .unwrap_or(log.len().min(a + WINDOW));
+        let b = line_starts.iter().copied().rfind(|&s| s > a && s <= a + WINDOW).unwrap_or(log.len().min(a + WINDOW));
         if b > a && out.last() != Some(&&log[a..b]) {
             out.push(&log[a..b]);
         }
