@@ -739,7 +739,12 @@ fn scan_elem(l: &mut Lexer<'_>, keywords: bool) -> Option<(usize, Tok)> {
             let kw = [&b"NULL"[..], b"TRUE", b"FALSE", b"DEFAULT"].iter().any(|k| w.eq_ignore_ascii_case(k));
             if !(keywords && kw) {
                 let lit = l.next();
-                if !matches!(lit.kind, Kind::Str | Kind::Param) {
+                // A number counts here too, although `date 5` is no typed
+                // literal: masking turns it into `$n`, and `word $n` must be
+                // judged the same before and after, or `IN (x 1, 2)` masks to
+                // `IN (x $1, $2)` and that again to `IN (x $1)`: masking would
+                // not be idempotent (found by the `mask` fuzz target).
+                if !matches!(lit.kind, Kind::Num | Kind::Str | Kind::Param) {
                     return None;
                 }
                 n = 2;
@@ -882,6 +887,10 @@ const fn space_rule(prev: Kind, next: Kind) -> Space {
     use Kind::*;
     match (prev, next) {
         (Start, _) => Space::No,
+        // `:` `:` glued would read back as one `::` cast, and `:` `::` as
+        // `::` `:`: re-masking would see other tokens (and collapse a list
+        // it kept the first time). Found by the `mask` fuzz target.
+        (Colon, Colon | Cast) => Space::Yes,
         (LParen | LBrack | Dot | Cast | Colon, _) => Space::No,
         (_, RParen | RBrack | Comma | Semi | Dot | Cast | Colon) => Space::No,
         (QIdent, LParen) => Space::No,
@@ -1216,6 +1225,40 @@ mod tests {
             );
             assert_eq!(mask(&got), got, "not idempotent for {input:?}");
         }
+    }
+
+    /// Found by the `mask` fuzz target: a word followed by a number in a
+    /// VALUES row or IN list kept the list on the first pass and collapsed it
+    /// on the second (where the number had become `$n`).
+    #[test]
+    fn fuzz_mask_word_then_number_in_list() {
+        for input in [
+            "INSERT INTO accounts \u{1}\0(id, balance) VALUES (0,\u{fffd} 100), (2, 100), (3, 100)",
+            "SELECT 1 FROM t WHERE a IN (x 1, 2, 3)",
+            "SELECT 1 FROM t WHERE a IN (NOT -1, 2)",
+        ] {
+            let once = mask(input);
+            assert_eq!(mask(&once), once, "not idempotent for {input:?}");
+        }
+        assert_eq!(mask("VALUES (0, x 100), (2, 100)"), "VALUES ($1, x $2)");
+    }
+
+    /// Found by the `mask` fuzz target: `2: :k06` was written as
+    /// `$1::k06`, which re-masks as a cast, so a VALUES list kept on the
+    /// first pass collapsed on the second.
+    #[test]
+    fn fuzz_mask_colon_colon_glued_into_cast() {
+        let crash = include_bytes!("../../tests/fixtures/fuzz/mask-colon-colon-glued-into-cast.bin");
+        // The first byte is the fuzz target's mode byte.
+        let crash = String::from_utf8_lossy(&crash[1..]);
+        for input in [&*crash, "INSERT INTO t VALUES (2: :k06, 'c'), (14, 'd')", "SELECT a: ::int, b"] {
+            let once = mask(input);
+            assert_eq!(mask(&once), once, "not idempotent for {input:?}");
+        }
+        assert_eq!(
+            mask("INSERT INTO t VALUES (2: :k06, 'c'), (14, 'd')"),
+            "INSERT INTO t VALUES ($1: :k06, $2), ($3, $4)"
+        );
     }
 
     #[test]
