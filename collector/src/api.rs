@@ -101,15 +101,42 @@ pub struct RangeParams {
     /// Length of the range ending now, e.g. `15m`.
     pub range: Option<String>,
     /// Start, ms since the epoch.
+    #[serde(default, deserialize_with = "epoch_millis")]
     pub from: Option<EpochMillis>,
     /// End, ms since the epoch (default now).
+    #[serde(default, deserialize_with = "epoch_millis")]
     pub to: Option<EpochMillis>,
+}
+
+/// `from`/`to` as a number, or as a string: inside a `#[serde(flatten)]`
+/// struct (the queries endpoint's parameters) the query-string decoder
+/// hands every value over as a string, and a plain `i64` field refused it.
+fn epoch_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<EpochMillis>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Millis {
+        Int(EpochMillis),
+        Text(String),
+    }
+    match Option::<Millis>::deserialize(d)? {
+        None => Ok(None),
+        Some(Millis::Int(i)) => Ok(Some(i)),
+        Some(Millis::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("`{t}` is not a time in ms since the epoch"))),
+    }
 }
 
 impl RangeParams {
     fn resolve(&self, s: &Shared, now: EpochMillis) -> Result<(EpochMillis, EpochMillis), ApiError> {
-        let to = self.to.unwrap_or(now + 1);
-        let from = match (&self.from, &self.range) {
+        // Times are clamped to [1970, far future], so that no difference of
+        // two of them (here or in the store) can overflow, whatever a
+        // client sends.
+        let clamp = |t: EpochMillis| t.clamp(0, EpochMillis::MAX / 4);
+        let to = clamp(self.to.unwrap_or(now + 1));
+        let from = clamp(match (&self.from, &self.range) {
             (Some(f), _) => *f,
             (None, Some(r)) => {
                 let d = humantime_serde::re::humantime::parse_duration(r).map_err(|e| {
@@ -118,7 +145,7 @@ impl RangeParams {
                 to - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
             }
             (None, None) => to - i64::try_from(s.config.detect_window.as_millis()).unwrap_or(i64::MAX / 4),
-        };
+        });
         if from >= to {
             return Err(ApiError(StatusCode::BAD_REQUEST, "`from` must be before `to`".into()));
         }

@@ -134,6 +134,12 @@ async fn the_api_and_metrics_show_what_two_nodes_sent() {
     for (path, status, says) in [
         ("/api/v1/queries?sort=speed", 400, "use one of"),
         ("/api/v1/queries?range=yesterday", 400, "15m"),
+        // Extreme times are clamped, not overflowed (a panic before).
+        ("/api/v1/nodes?to=-9223372036854775808&range=1h", 400, "before"),
+        ("/api/v1/queries?from=1", 200, "queries"),
+        ("/api/v1/queries?from=soon", 400, "ms since the epoch"),
+        ("/api/v1/queries?from=-9223372036854775808&to=-9223372036854775807", 400, "before"),
+        ("/api/v1/nodes?from=-9223372036854775808&to=9223372036854775807", 200, "nodes"),
         ("/api/v1/queries/xyz", 400, "16 hex digits"),
         ("/api/v1/queries/00000000000000ff", 404, "not known"),
         ("/api/v1/findings?state=maybe", 400, "open, resolved or all"),
