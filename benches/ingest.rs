@@ -98,6 +98,10 @@ const INTERVAL_NS: u64 = 10_000_000_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Shape kinds, see [`shape`].
 const KINDS: usize = 6;
+/// Heavy statements per request (`--heavy`), read by [`chunk_observations`].
+static HEAVY: AtomicUsize = AtomicUsize::new(0);
+/// Calls of each heavy statement per request.
+const HEAVY_CALLS: u64 = 20;
 /// Columns per table in the generated shapes.
 const COLUMNS: usize = 64;
 
@@ -147,6 +151,22 @@ struct Args {
     /// Send uncompressed protobuf instead of gzip.
     #[arg(long)]
     no_gzip: bool,
+    /// The collector's `[store] max_fingerprints` (default: twice
+    /// `--fingerprints`, at least 50,000, so every shape fits). Its own
+    /// default, 50,000, below `--fingerprints` makes a cardinality attack.
+    #[arg(long)]
+    max_fingerprints: Option<usize>,
+    /// The collector's `[store] retention` (its default, 1h, when not
+    /// given): a soak longer than it reaches the store's steady state.
+    #[arg(long)]
+    retention: Option<String>,
+    /// Heavy statements added to every request ({HEAVY_CALLS} calls of
+    /// 200–400 ms each, far above the generated shapes): after the run the
+    /// collector's top statements by time must be exactly these, with every
+    /// call the acknowledged requests carried (the check of a cardinality
+    /// attack: the flood must not push the statements that matter out).
+    #[arg(long, default_value_t = 0)]
+    heavy: usize,
     /// Set by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -173,6 +193,11 @@ fn main() -> Result<()> {
     println!("machine: {} cores, {}, {}", num_cpus(), cpu_model(), mem_total());
     println!("load average at start: {}", fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
 
+    HEAVY.store(args.heavy, Relaxed);
+    for h in 0..args.heavy {
+        let (_, m) = fingerprint_with_method(&heavy_shape(h));
+        ensure!(m != Method::Fallback, "heavy shape {:?} does not parse with pg_query", heavy_shape(h));
+    }
     let scenarios: Vec<(&str, usize)> = match args.fingerprints {
         Some(f) => vec![("custom", f)],
         None => vec![("a (throughput)", THROUGHPUT_SHAPES), ("b (100k fingerprints)", CARDINALITY_SHAPES)],
@@ -259,16 +284,17 @@ fn run_scenario(args: &Args, name: &str, shapes: usize, out: &Path, clk_tck: f64
     );
 
     // The collector.
-    let max_fingerprints = (2 * shapes).max(50_000);
+    let max_fingerprints = args.max_fingerprints.unwrap_or((2 * shapes).max(50_000));
     let config = out.join(format!("collector-{shapes}.toml"));
     fs::write(
         &config,
         format!(
             "# written by benches/ingest.rs\n[receive]\ngrpc = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n{}\
              [http]\nlisten = \"127.0.0.1:0\"\n\
-             [store]\nmax_fingerprints = {max_fingerprints}\nmemory_limit_mb = {}\n{}",
+             [store]\nmax_fingerprints = {max_fingerprints}\nmemory_limit_mb = {}\n{}{}",
             args.queue.map_or(String::new(), |q| format!("queue = {q}\n")),
             args.rss_limit_mb,
+            args.retention.as_ref().map_or(String::new(), |r| format!("retention = {r:?}\n")),
             args.detect_interval.as_ref().map_or(String::new(), |d| format!("[detect]\ninterval = {d:?}\n")),
         ),
     )?;
@@ -378,6 +404,8 @@ fn run_scenario(args: &Args, name: &str, shapes: usize, out: &Path, clk_tck: f64
         thread::sleep(Duration::from_millis(100));
     };
     let drained = secs(t0);
+    let heavy_problems =
+        if args.heavy > 0 { check_heavy(collector.api, args.heavy, counters.snapshot().acked)? } else { Vec::new() };
     sampler_stop.store(true, Relaxed);
     let samples = sampler_thread.join().map_err(|_| anyhow!("the sampler panicked"))??;
     let hwm_kib = status_kib(pid, "VmHWM")?;
@@ -509,6 +537,7 @@ fn run_scenario(args: &Args, name: &str, shapes: usize, out: &Path, clk_tck: f64
     if too_old > 0.0 {
         problems.push(format!("the store dropped {too_old} batches as too old"));
     }
+    problems.extend(heavy_problems);
     let lost = c.failed_points + (c.acked_points - c.ignored_points).abs_diff(col_accepted as u64);
 
     println!();
@@ -648,6 +677,51 @@ fn shape(i: usize) -> String {
     }
 }
 
+/// Heavy statement `h`: on its own `hot_` table, so it shares no
+/// fingerprint with the generated shapes.
+fn heavy_shape(h: usize) -> String {
+    format!("SELECT total, status FROM hot_{} WHERE customer_id = $1 ORDER BY created_at DESC", letters(h))
+}
+
+/// The collector's top statements by time after a run with `--heavy`: they
+/// must be the heavy shapes, each with every call of the acknowledged
+/// requests. Returns the problems found.
+fn check_heavy(api: SocketAddr, heavy: usize, acked_requests: u64) -> Result<Vec<String>> {
+    // One more than asked: the `<other>` row (what the caps folded, the
+    // flood itself) is listed like a statement and may rank among them.
+    let body = http_get(api, &format!("/api/v1/queries?sort=time&limit={}&from=0", heavy + 1))?;
+    let v: serde_json::Value = serde_json::from_str(&body).context("/api/v1/queries is not JSON")?;
+    let all = v["queries"].as_array().context("no `queries` in /api/v1/queries")?;
+    let other = all.iter().find(|r| r["text"] == "<other>").and_then(|r| r["calls"].as_u64());
+    if let Some(calls) = other {
+        println!("the <other> row: {calls} calls");
+    }
+    let rows: Vec<&serde_json::Value> = all.iter().filter(|r| r["text"] != "<other>").take(heavy).collect();
+    let want_calls = acked_requests * HEAVY_CALLS;
+    let mut problems = Vec::new();
+    let mut texts: Vec<&str> = Vec::new();
+    for r in &rows {
+        let text = r["text"].as_str().unwrap_or("");
+        let calls = r["calls"].as_u64().unwrap_or(0);
+        texts.push(text);
+        if !text.contains("FROM hot_") {
+            problems.push(format!("a top statement by time is not a heavy one: {text:?}"));
+        } else if calls != want_calls {
+            problems.push(format!("{text:?}: {calls} calls, the acknowledged requests carried {want_calls}"));
+        }
+    }
+    if rows.len() != heavy {
+        problems.push(format!("{} top statements returned, {heavy} asked for", rows.len()));
+    }
+    println!(
+        "top {heavy} statements by time: {} heavy, each {} calls (want {want_calls}){}",
+        texts.iter().filter(|t| t.contains("FROM hot_")).count(),
+        rows.first().and_then(|r| r["calls"].as_u64()).unwrap_or(0),
+        if problems.is_empty() { ": correct" } else { ": WRONG" }
+    );
+    Ok(problems)
+}
+
 /// splitmix64: a fixed, seedable stream for the workload.
 struct Rng(u64);
 
@@ -683,6 +757,14 @@ fn chunk_observations(chunk: usize, shapes: usize, per_request: usize, ts_ms: i6
             let w = (base + rng.unit() * 0.25).min(1.0);
             let us = 100.0 * 10f64.powf(4.0 * w);
             s.record_call(Duration::from_micros(us as u64), Some(ts_ms), &text);
+        }
+    }
+    for h in 0..HEAVY.load(Relaxed) {
+        let text = heavy_shape(h);
+        let key = StatementKey { database: "shop".into(), user: "app".into(), text: text.clone() };
+        let s = obs.statements.entry(key).or_default();
+        for k in 0..HEAVY_CALLS {
+            s.record_call(Duration::from_millis(200 + 10 * k), Some(ts_ms), &text);
         }
     }
     obs
@@ -1351,22 +1433,27 @@ fn parse_labels(s: &str) -> Labels {
     out
 }
 
-/// GET /metrics with a std-only HTTP/1.1 client (Connection: close).
+/// GET /metrics.
 fn scrape(api: SocketAddr) -> Result<Metrics> {
+    Ok(Metrics::parse(&http_get(api, "/metrics")?))
+}
+
+/// GET `path` with a std-only HTTP/1.1 client (Connection: close); the
+/// body of a 200.
+fn http_get(api: SocketAddr, path: &str) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&api, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8(raw).context("/metrics is not UTF-8")?;
+    let text = String::from_utf8(raw).with_context(|| format!("{path} is not UTF-8"))?;
     let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    ensure!(head.starts_with("HTTP/1.1 200"), "/metrics: {}", head.lines().next().unwrap_or(""));
+    ensure!(head.starts_with("HTTP/1.1 200"), "{path}: {}", head.lines().next().unwrap_or(""));
     let chunked = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked { dechunk(body)? } else { body.to_owned() };
-    Ok(Metrics::parse(&body))
+    if chunked { dechunk(body) } else { Ok(body.to_owned()) }
 }
 
 fn dechunk(mut s: &str) -> Result<String> {

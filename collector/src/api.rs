@@ -249,12 +249,9 @@ async fn queries(State(s): State<Arc<Shared>>, Query(p): Query<QueriesParams>) -
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let mut snap = blocking(|| lock(&s.windows).snapshot(from, to, p.node.as_deref()));
-    if let Some(db) = &p.database {
-        snap.queries.retain(|q| &*q.database == db.as_str());
-    }
-    let total = snap.total_db_time();
-    let mut rows: Vec<QuerySummary> = snap.by_fingerprint().iter().map(|r| row_summary(r, total)).collect();
+    let snap = blocking(|| lock(&s.windows).by_fingerprint(from, to, p.node.as_deref(), p.database.as_deref()));
+    let total = snap.total;
+    let mut rows: Vec<QuerySummary> = snap.rows.iter().map(|r| row_summary(r, total)).collect();
     let sort = p.sort.as_deref().unwrap_or("time");
     let key: fn(&QuerySummary) -> f64 = match sort {
         "time" => |q| q.total_ms,

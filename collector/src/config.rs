@@ -166,6 +166,25 @@ pub struct Config {
     pub log_findings: bool,
 }
 
+/// Default `[store] memory_limit_mb`: the collector's memory budget.
+pub const MEMORY_LIMIT_MB: usize = 1024;
+
+/// The part of the memory budget the store's estimate may use (percent).
+/// The rest is for what is not in the store: the receive queue and the
+/// requests being decoded, detection passes and API answers (transient
+/// copies of the top rows), the interned strings, the cumulative series of
+/// `/metrics`, thread stacks, and the allocator's own slack. Measured with
+/// the ingest bench (BENCHMARKS.md): with 50–100k fingerprints 200–250 MiB
+/// lay outside the store's estimate, and transient peaks added up to
+/// 100 MiB more; at half the budget a 512 MiB collector peaked at 513–524
+/// MiB, so the store gets 40%.
+pub const STORE_SHARE_PERCENT: usize = 40;
+
+/// Bytes the store may hold for a budget of `mb` MiB.
+pub fn store_share(mb: usize) -> usize {
+    (mb << 20) / 100 * STORE_SHARE_PERCENT
+}
+
 /// Default `[detect] max_fingerprints`: far more statements than anyone
 /// reads findings for, few enough that a pass stays in the tens of MB.
 pub const DETECT_FINGERPRINTS: usize = 5000;
@@ -249,7 +268,7 @@ impl Config {
             max_fingerprints: s.max_fingerprints.unwrap_or(d.max_fingerprints),
             max_nodes: s.max_nodes.unwrap_or(d.max_nodes),
             max_relations: s.max_relations.unwrap_or(d.max_relations),
-            memory_limit: s.memory_limit_mb.map_or(d.memory_limit, |m| m << 20),
+            memory_limit: store_share(s.memory_limit_mb.unwrap_or(MEMORY_LIMIT_MB)),
             series_fingerprints: s.metrics_fingerprints.unwrap_or(d.series_fingerprints),
             series_tables: s.metrics_relations.unwrap_or(d.series_tables),
             ..d

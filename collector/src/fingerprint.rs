@@ -115,7 +115,17 @@ pub struct FingerprintStats {
 pub struct Fingerprinter {
     cache: LruCache<String, (Fingerprint, Method)>,
     stats: FingerprintStats,
+    bytes: usize,
 }
+
+/// One cache entry besides its text: the LRU node (key, value, two links)
+/// with its allocation header, the map slot (two pointers and a control
+/// byte) counted twice for the table's slack, and the text's header.
+const CACHE_ENTRY_COST: usize = std::mem::size_of::<(String, (Fingerprint, Method))>()
+    + 2 * std::mem::size_of::<usize>()
+    + crate::window::ALLOC_OVERHEAD
+    + 2 * (2 * std::mem::size_of::<usize>() + 1)
+    + crate::window::ALLOC_OVERHEAD;
 
 impl fmt::Debug for Fingerprinter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -126,7 +136,7 @@ impl fmt::Debug for Fingerprinter {
 impl Fingerprinter {
     pub fn new(capacity: usize) -> Self {
         let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Fingerprinter { cache: LruCache::new(cap), stats: FingerprintStats::default() }
+        Fingerprinter { cache: LruCache::new(cap), stats: FingerprintStats::default(), bytes: 0 }
     }
 
     pub fn get(&mut self, masked: &str) -> (Fingerprint, Method) {
@@ -139,8 +149,16 @@ impl Fingerprinter {
         if v.1 == Method::Fallback {
             self.stats.fallbacks += 1;
         }
-        self.cache.put(masked.to_owned(), v);
+        self.bytes += masked.len() + CACHE_ENTRY_COST;
+        if let Some((old, _)) = self.cache.push(masked.to_owned(), v) {
+            self.bytes -= old.len() + CACHE_ENTRY_COST;
+        }
         v
+    }
+
+    /// Estimated bytes the cache holds (keys, entries, allocator overhead).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn stats(&self) -> FingerprintStats {

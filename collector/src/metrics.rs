@@ -311,9 +311,17 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         o.family(
             "querywatch_collector_store_bytes_limit",
             "gauge",
-            "The store's memory limit ([store] memory_limit_mb).",
+            "The store's memory limit: its share of [store] memory_limit_mb.",
         );
         o.sample("querywatch_collector_store_bytes_limit", &[], w.config().memory_limit as f64);
+        if let Some(rss) = resident_bytes() {
+            o.family(
+                "process_resident_memory_bytes",
+                "gauge",
+                "The collector's resident set size (to compare with [store] memory_limit_mb).",
+            );
+            o.sample("process_resident_memory_bytes", &[], rss as f64);
+        }
         o.family("querywatch_collector_nodes", "gauge", "Nodes tracked.");
         o.sample("querywatch_collector_nodes", &[], h.nodes as f64);
         o.family(
@@ -428,6 +436,15 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
     o.sample("querywatch_collector_start_timestamp_seconds", &[], s.started as f64 / 1000.0);
     let _ = now;
     o.text
+}
+
+/// The process's resident set size, from `/proc/self/statm` (Linux; `None`
+/// elsewhere). Pages are taken as 4 KiB, the size on every platform the
+/// container images are built for.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 #[cfg(test)]

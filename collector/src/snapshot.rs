@@ -148,10 +148,13 @@ impl RowStats {
 
     /// Heap bytes held, roughly (the store's memory estimate).
     pub fn heap_bytes(&self) -> usize {
-        let sample = |s: &Option<Sample>| s.as_ref().map_or(0, |s| s.text.capacity());
-        let plan = self.slowest_plan.as_ref().map_or(0, |p| p.plan.capacity());
-        let errors: usize = self.errors.iter().map(|(k, e)| k.capacity() + e.message.capacity() + 64).sum();
-        self.hist.heap_bytes() + sample(&self.slowest) + plan + errors
+        // Each heap block costs its capacity and the allocator's overhead.
+        let block = |cap: usize| if cap == 0 { 0 } else { cap + crate::window::ALLOC_OVERHEAD };
+        let sample = self.slowest.as_ref().map_or(0, |s| block(s.text.capacity()));
+        let plan = self.slowest_plan.as_ref().map_or(0, |p| block(p.plan.capacity()));
+        let errors: usize =
+            self.errors.iter().map(|(k, e)| block(k.capacity()) + block(e.message.capacity()) + 64).sum();
+        block(self.hist.heap_bytes()) + sample + plan + errors
     }
 }
 

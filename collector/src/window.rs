@@ -22,7 +22,9 @@
 //! interned as `Arc<str>`, so a row key costs three pointers.
 
 use crate::fingerprint::{Fingerprint, Fingerprinter, Method};
-use crate::snapshot::{ActivityRow, LockRow, NodeRow, OverflowCounts, QueryRow, RowStats, Snapshot, TableRow};
+use crate::snapshot::{
+    ActivityRow, FingerprintRow, LockRow, NodeRow, OverflowCounts, QueryRow, RowStats, Snapshot, TableRow,
+};
 use crate::store::OVERFLOW_FINGERPRINT;
 use crate::totals::{TableSeries, Totals};
 use querywatch_wire::Observations;
@@ -66,6 +68,9 @@ pub struct WindowConfig {
     pub series_fingerprints: usize,
     /// Relations with their own cumulative series in `/metrics`.
     pub series_tables: usize,
+    /// When memory is full, the fingerprints among the top this many (by
+    /// database time, and by calls) still get new rows; the rest fold.
+    pub protect_top: usize,
 }
 
 impl Default for WindowConfig {
@@ -79,8 +84,9 @@ impl Default for WindowConfig {
             max_locks: 10_000,
             max_activity: 10_000,
             fingerprint_cache: 100_000,
-            memory_limit: 1 << 30,
+            memory_limit: crate::config::store_share(crate::config::MEMORY_LIMIT_MB),
             series_fingerprints: 100,
+            protect_top: 1_000,
             series_tables: 2_000,
         }
     }
@@ -142,14 +148,28 @@ struct Bucket {
     bytes: usize,
 }
 
-/// Rough per-entry costs for the memory estimate: key, value, hash-table
-/// slot overhead. Measured sizes of the types plus one pointer of slack.
-const ROW_COST: usize = std::mem::size_of::<RowKey>() + std::mem::size_of::<RowStats>() + 16;
+/// Per-entry costs for the memory estimate. Statement rows are the bulk:
+/// their hash-table slots are counted from the table's capacity (see
+/// [`Bucket::table_bytes`]), so a row's own cost is only what it holds on
+/// the heap; the rarer tables, locks and activity keys keep a flat cost
+/// with slot slack included.
+const ROW_SLOT: usize = std::mem::size_of::<(RowKey, RowStats)>() + 1;
 const TABLE_COST: usize = std::mem::size_of::<TableKey>() + std::mem::size_of::<TableDelta>() + 16;
 const LOCK_COST: usize = std::mem::size_of::<LockKey>() + std::mem::size_of::<LockStats>() + 64;
-/// A fingerprint's entry besides its text: key, info, table slot.
-const FP_COST: usize = std::mem::size_of::<Fingerprint>() + std::mem::size_of::<FpInfo>() + 16;
+/// A fingerprint's entry besides its text: key, info, table slot with
+/// slack, and the text's allocation header.
+const FP_COST: usize = 2 * (std::mem::size_of::<Fingerprint>() + std::mem::size_of::<FpInfo>() + 1) + ALLOC_OVERHEAD;
 const ACTIVITY_COST: usize = std::mem::size_of::<ActivityKey>() + 64;
+/// What the allocator adds to each heap block (header and rounding; glibc
+/// malloc: 8–16 bytes per chunk plus 16-byte alignment).
+pub(crate) const ALLOC_OVERHEAD: usize = 16;
+
+/// Bytes a hash table with this capacity occupies: hashbrown allocates a
+/// power of two of slots, of which 7/8 are usable (`capacity`), each with a
+/// control byte.
+fn table_bytes(capacity: usize, slot: usize) -> usize {
+    if capacity == 0 { 0 } else { capacity.div_ceil(7) * 8 * slot }
+}
 
 impl Bucket {
     fn new(start: EpochMillis, len: i64) -> Self {
@@ -158,6 +178,13 @@ impl Bucket {
 
     fn end(&self) -> EpochMillis {
         self.start + self.len
+    }
+
+    /// The estimate of what the bucket holds: the rows' heap (kept as they
+    /// come in) and the statement table's slots by its capacity, which is
+    /// up to twice its length right after it grew.
+    fn bytes(&self) -> usize {
+        self.bytes + table_bytes(self.queries.capacity(), ROW_SLOT)
     }
 
     /// Adds another bucket's content (rollup). Caps were enforced when the
@@ -171,7 +198,7 @@ impl Bucket {
                     self.bytes = self.bytes + mine.heap_bytes() - before.min(mine.heap_bytes());
                 }
                 None => {
-                    self.bytes += ROW_COST + v.heap_bytes();
+                    self.bytes += v.heap_bytes();
                     self.queries.insert(k, v);
                 }
             }
@@ -201,6 +228,16 @@ fn add_overflow(a: &mut OverflowCounts, b: &OverflowCounts) {
     a.locks += b.locks;
     a.node_batches += b.node_batches;
     a.agent_calls += b.agent_calls;
+}
+
+/// What [`Windows::by_fingerprint`] returns.
+#[derive(Debug)]
+pub struct FingerprintRows {
+    pub rows: Vec<FingerprintRow>,
+    /// Database time of every row in the range (the base of the shares).
+    pub total: Duration,
+    pub from: EpochMillis,
+    pub to: EpochMillis,
 }
 
 /// Which statement rows a snapshot keeps.
@@ -242,6 +279,10 @@ pub struct Windows {
     health: StoreHealth,
     /// Cumulative counters since start (what `/metrics` exposes).
     pub totals: Totals,
+    /// The top fingerprints whose new rows are kept while memory is full,
+    /// and the minute they were chosen in (see [`Windows::protect`]).
+    protected: FxHashSet<Fingerprint>,
+    protected_at: Option<EpochMillis>,
 }
 
 /// Interned strings kept at most (databases, nodes, relations, parents);
@@ -261,6 +302,8 @@ impl Windows {
             hours: VecDeque::new(),
             health: StoreHealth::default(),
             totals: Totals::new(cfg.series_fingerprints, cfg.series_tables),
+            protected: FxHashSet::default(),
+            protected_at: None,
         }
     }
 
@@ -348,6 +391,7 @@ impl Windows {
             return;
         }
         let memory_full = self.make_room();
+        let protected = memory_full.then(|| self.protect(now));
 
         // Fingerprint and intern outside the bucket borrow.
         let statements = std::mem::take(&mut obs.statements);
@@ -395,7 +439,13 @@ impl Windows {
         let activity = std::mem::take(&mut obs.db.activity);
         self.totals.add_rest(&node, &obs);
 
-        let Some(bucket) = self.bucket_for(t, now) else { return };
+        let Some(bucket) = self.bucket_for(t, now) else {
+            // Checked above; should it ever change, the set is not lost.
+            if let Some(p) = protected {
+                self.protected = p;
+            }
+            return;
+        };
         if node_overflow {
             bucket.overflow.node_batches += 1;
         }
@@ -403,7 +453,10 @@ impl Windows {
             let mut key = RowKey { fingerprint, database, node: node.clone() };
             if fingerprint == OVERFLOW_FINGERPRINT {
                 bucket.overflow.query_calls += stats.exec_calls();
-            } else if memory_full && !bucket.queries.contains_key(&key) {
+            } else if memory_full
+                && !bucket.queries.contains_key(&key)
+                && !protected.as_ref().is_some_and(|p| p.contains(&fingerprint))
+            {
                 folded_rows += 1;
                 bucket.overflow.query_calls += stats.exec_calls();
                 key.fingerprint = OVERFLOW_FINGERPRINT;
@@ -415,7 +468,7 @@ impl Windows {
                     bucket.bytes = bucket.bytes + mine.heap_bytes() - before.min(mine.heap_bytes());
                 }
                 None => {
-                    bucket.bytes += ROW_COST + stats.heap_bytes();
+                    bucket.bytes += stats.heap_bytes();
                     bucket.queries.insert(key, stats);
                 }
             }
@@ -455,13 +508,37 @@ impl Windows {
         bucket.overflow.agent_calls += obs.overflow_calls;
         bucket.nodes.entry(node).or_default().merge(obs);
         self.health.memory_folded_rows += folded_rows;
+        if let Some(p) = protected {
+            self.protected = p;
+        }
     }
 
-    /// The memory estimate: per bucket (kept as rows come in) and the
-    /// fingerprint texts (kept as they come and go), never a walk over
-    /// every row — this runs for every batch.
+    /// The fingerprints whose new rows are kept although memory is full:
+    /// the top `protect_top` by database time and by calls over everything
+    /// held, chosen again once a minute. Without it, a flood of new
+    /// statement shapes (a cardinality attack, a deploy that changes every
+    /// query) would fill the store and then fold the statements that
+    /// matter most into `<other>` from the next minute on. What this keeps
+    /// past the limit is bounded: at most `2 × protect_top` rows per node
+    /// and bucket. Taken out of `self` (the caller puts it back) so that
+    /// the bucket can be borrowed while it is consulted.
+    fn protect(&mut self, now: EpochMillis) -> FxHashSet<Fingerprint> {
+        let minute = now.div_euclid(MINUTE_MS);
+        if self.protected_at != Some(minute) {
+            self.protected = self.top_fingerprints(EpochMillis::MIN, EpochMillis::MAX, self.cfg.protect_top);
+            self.protected_at = Some(minute);
+        }
+        std::mem::take(&mut self.protected)
+    }
+
+    /// The memory estimate: per bucket (kept as rows come in, plus table
+    /// slots), the fingerprint texts (kept as they come and go) and the
+    /// fingerprint cache; never a walk over every row — this runs for
+    /// every batch.
     fn bytes(&self) -> usize {
-        self.minutes.iter().chain(&self.hours).map(|b| b.bytes).sum::<usize>() + self.fingerprint_bytes
+        self.minutes.iter().chain(&self.hours).map(Bucket::bytes).sum::<usize>()
+            + self.fingerprint_bytes
+            + self.fingerprinter.bytes()
     }
 
     /// Frees memory when over the limit; true when it could not (new rows
@@ -575,6 +652,70 @@ impl Windows {
     /// skipped before anything is copied).
     pub fn snapshot_of(&self, from: EpochMillis, to: EpochMillis, fingerprints: &FxHashSet<Fingerprint>) -> Snapshot {
         self.snapshot_with(from, to, None, Keep::Only(fingerprints))
+    }
+
+    /// Statement rows merged per fingerprint over `[from, to)`, optionally
+    /// of one node and one database, with the total database time of the
+    /// same rows: what `/api/v1/queries` lists. Unlike a [`Snapshot`] it
+    /// does not copy every (fingerprint, database, node) row first, so an
+    /// API call costs memory by the number of fingerprints, not by the
+    /// store's size (a full snapshot of a full store once took as much
+    /// memory again as the store).
+    pub fn by_fingerprint(
+        &self,
+        from: EpochMillis,
+        to: EpochMillis,
+        node: Option<&str>,
+        database: Option<&str>,
+    ) -> FingerprintRows {
+        let mut rows: FxHashMap<Fingerprint, FingerprintRow> = FxHashMap::default();
+        let (mut first, mut last): (Option<EpochMillis>, Option<EpochMillis>) = (None, None);
+        // A row's database time is pg_stat_statements' when it has calls,
+        // else the log's, so the total needs per-row sums: three numbers
+        // a row, kept here.
+        let mut per_row: FxHashMap<&RowKey, (Duration, u64, Duration)> = FxHashMap::default();
+        let other: Arc<str> = OVERFLOW_TEXT.into();
+        for b in self.hours.iter().chain(&self.minutes).filter(|b| b.end() > from && b.start < to) {
+            first = Some(first.map_or(b.start, |f| f.min(b.start)));
+            last = Some(last.map_or(b.end(), |l| l.max(b.end())));
+            for (k, v) in &b.queries {
+                if node.is_some_and(|n| *k.node != *n) || database.is_some_and(|d| *k.database != *d) {
+                    continue;
+                }
+                let e = per_row.entry(k).or_default();
+                e.0 += v.pgss.exec_time + v.pgss.plan_time;
+                e.1 += v.pgss.calls;
+                e.2 += v.total;
+                let row = rows.entry(k.fingerprint).or_insert_with(|| {
+                    let (text, method) = match self.fingerprints.get(&k.fingerprint) {
+                        Some(f) => (f.text.clone(), f.method),
+                        None => (other.clone(), Method::Fallback),
+                    };
+                    FingerprintRow {
+                        fingerprint: k.fingerprint,
+                        text,
+                        method,
+                        stats: RowStats::default(),
+                        nodes: Vec::new(),
+                        databases: Vec::new(),
+                    }
+                });
+                row.stats.merge(v);
+                if !row.nodes.contains(&k.node) {
+                    row.nodes.push(k.node.clone());
+                }
+                if !row.databases.contains(&k.database) {
+                    row.databases.push(k.database.clone());
+                }
+            }
+        }
+        FingerprintRows {
+            total: per_row.values().map(|(pgss, calls, log)| if *calls > 0 { *pgss } else { *log }).sum(),
+            rows: rows.into_values().collect(),
+            // As a snapshot says it: the buckets' span within the range.
+            from: first.map_or(from, |f| f.max(from)),
+            to: last.map_or(to, |l| l.min(to)),
+        }
     }
 
     fn snapshot_with(&self, from: EpochMillis, to: EpochMillis, node: Option<&str>, keep: Keep<'_>) -> Snapshot {
@@ -856,6 +997,100 @@ mod tests {
         assert_eq!((&*s.tables[0].parent, s.tables[0].delta.seq_scan), ("public.t", 4));
         let series = w.series(s.queries[0].fingerprint, T0 - HOUR_MS, T0 + HOUR_MS);
         assert_eq!(series.len(), 1);
+    }
+
+    /// The API's per-fingerprint walk says what a full snapshot merged by
+    /// fingerprint says: rows, totals, nodes, databases, with and without
+    /// filters, over rows of the log only, of pg_stat_statements only and
+    /// of both.
+    #[test]
+    fn by_fingerprint_agrees_with_the_snapshot() {
+        let mut w = Windows::new(WindowConfig::default());
+        for (i, node) in ["a", "b", "c"].into_iter().enumerate() {
+            for m in 0..3 {
+                let t = T0 + m * MINUTE_MS;
+                let mut o = obs(t, &[("SELECT x FROM t WHERE id = $1", 100 + 50 * i as u64), ("SELECT y FROM u", 900)]);
+                if node != "c" {
+                    let key = PgssKey {
+                        database: if node == "a" { "shop" } else { "crm" }.into(),
+                        user: "app".into(),
+                        queryid: 7,
+                        toplevel: true,
+                        text: "SELECT x FROM t WHERE id = $1".into(),
+                    };
+                    let d =
+                        PgssDelta { calls: 5, exec_time: Duration::from_millis(3 + m as u64), ..PgssDelta::default() };
+                    o.db.statements.insert(key, d);
+                }
+                w.ingest(&res(node), o, t);
+            }
+        }
+        for (node, db) in
+            [(None, None), (Some("a"), None), (Some("b"), None), (None, Some("crm")), (Some("c"), Some("shop"))]
+        {
+            let mut snap = w.snapshot(0, T0 + HOUR_MS, node);
+            if let Some(db) = db {
+                snap.queries.retain(|q| &*q.database == db);
+            }
+            let mut want = snap.by_fingerprint();
+            let got = w.by_fingerprint(0, T0 + HOUR_MS, node, db);
+            assert_eq!(got.total, snap.total_db_time(), "{node:?} {db:?}");
+            assert_eq!((got.from, got.to), (snap.from, snap.to));
+            let mut got = got.rows;
+            assert!(!got.is_empty());
+            want.sort_by_key(|r| r.fingerprint);
+            got.sort_by_key(|r| r.fingerprint);
+            let view = |r: &FingerprintRow| {
+                let mut nodes = r.nodes.clone();
+                nodes.sort();
+                let mut dbs = r.databases.clone();
+                dbs.sort();
+                (
+                    r.fingerprint,
+                    r.text.clone(),
+                    r.stats.calls,
+                    r.stats.exec_calls(),
+                    r.stats.db_time(),
+                    r.stats.quantile(0.95),
+                    r.stats.max,
+                    nodes,
+                    dbs,
+                )
+            };
+            assert_eq!(got.iter().map(view).collect::<Vec<_>>(), want.iter().map(view).collect::<Vec<_>>());
+        }
+    }
+
+    /// A flood of new shapes fills memory; the statement that carries the
+    /// load keeps its rows minute after minute (it is in the protected
+    /// top), while without protection it would fold into `<other>`.
+    #[test]
+    fn when_memory_is_full_the_top_statements_keep_their_rows() {
+        let heavy = "SELECT total FROM orders WHERE id = $1";
+        let run = |protect_top: usize| {
+            let cfg = WindowConfig { memory_limit: 48 * 1024, protect_top, ..WindowConfig::default() };
+            let mut w = Windows::new(cfg);
+            for m in 0..5 {
+                let t = T0 + m * MINUTE_MS;
+                let texts: Vec<String> = (0..40).map(|i| format!("SELECT c{i} FROM flood{m}")).collect();
+                let mut calls: Vec<(&str, u64)> = texts.iter().map(|s| (s.as_str(), 50)).collect();
+                calls.extend([(heavy, 900_000); 3]);
+                w.ingest(&res("a"), obs(t, &calls), t);
+            }
+            let s = w.snapshot(0, T0 + HOUR_MS, None);
+            let heavy_calls: u64 = s.queries.iter().filter(|q| &*q.text == heavy).map(|q| q.stats.calls).sum();
+            let all: u64 = s.queries.iter().map(|q| q.stats.calls).sum();
+            (w.health().memory_folded_rows, heavy_calls, all)
+        };
+        // Every minute: 40 new shapes of one call, the heavy one 3 calls.
+        let (folded, heavy_calls, all) = run(1);
+        assert!(folded > 0, "the flood must hit the memory limit");
+        assert_eq!(heavy_calls, 5 * 3, "the heavy statement kept every minute's row");
+        assert_eq!(all, 5 * 43, "nothing lost");
+        let (folded, heavy_calls, all) = run(0);
+        assert!(folded > 0);
+        assert!(heavy_calls < 5 * 3, "unprotected, it folds too (else this test shows nothing)");
+        assert_eq!(all, 5 * 43);
     }
 
     #[test]

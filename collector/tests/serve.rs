@@ -171,6 +171,13 @@ async fn the_api_and_metrics_show_what_two_nodes_sent() {
     );
     assert!(metrics.contains("querywatch_collector_ingest_data_points_total{result=\"accepted\"}"));
     assert!(line("querywatch_collector_store_fingerprints ").unwrap().ends_with(" 2"));
+    // The process's real size, beside the store's estimate and its share
+    // of the budget (the default 1024 MiB, 40%).
+    let rss: f64 = line("process_resident_memory_bytes ").unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(rss > 1e6 && rss < 4e9, "{rss}");
+    assert!(
+        line("querywatch_collector_store_bytes_limit ").unwrap().ends_with(&format!(" {}", (1024u64 << 20) / 100 * 40))
+    );
     assert!(metrics.contains("querywatch_agent_spool_bytes{node=\"n1\"} 4096"), "{metrics}");
     assert!(metrics.contains("querywatch_agent_export_retries_total{node=\"n2\"} 2"));
 
