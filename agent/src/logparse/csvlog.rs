@@ -104,13 +104,12 @@ impl CsvParser {
                 reader = new_reader(&data[consumed..]);
                 continue;
             }
-            // A record that ends the data is complete when it ended at a
-            // newline outside quotes (the reader only ends a record there,
-            // or at the end of the data); only otherwise may it still grow.
-            // Holding a complete record back until the next one arrived
-            // delayed a quiet server's last statement indefinitely.
-            let terminated = data[..end].last() == Some(&b'\n') && !quote_parity(&data[rec_start..end]);
-            let open_at_end = end == data.len() && !eof && !terminated;
+            // A record that ends the data is complete when the reader
+            // ended it at a newline of its own (it ends a record only
+            // there, or at the end of the data); only otherwise may it
+            // still grow. Holding a complete record back until the next one
+            // arrived delayed a quiet server's last statement indefinitely.
+            let open_at_end = end == data.len() && !eof && !ends_at_terminator(&data[rec_start..end]);
             if open_at_end && data.len() - rec_start <= self.cap {
                 break; // maybe incomplete: parse again with more data
             }
@@ -189,6 +188,29 @@ fn new_reader(from: &[u8]) -> csv::Reader<&[u8]> {
 
 fn count_lines(b: &[u8]) -> u64 {
     memchr::memchr_iter(b'\n', b).count() as u64
+}
+
+/// Whether the csv reader, reading `rec` from its start, ends the record at
+/// its final newline rather than because the data ran out (then more data
+/// may extend it). Told by reading it again with one more byte after it:
+/// a terminated record ends before that byte. Counting quotes cannot tell:
+/// after broken quoting (a quote that closes a field in mid-text, as a
+/// record cut by a crash leaves) the reader takes later quotes as plain
+/// text, so a count and the reader disagree, and where a chunk happened to
+/// end decided where a record ended (found by the `csvlog` fuzz target).
+/// Copies the record: once per `parse` call, for the last record only,
+/// which the cap bounds.
+fn ends_at_terminator(rec: &[u8]) -> bool {
+    if rec.last() != Some(&b'\n') {
+        return false;
+    }
+    let mut probe = Vec::with_capacity(rec.len() + 1);
+    probe.extend_from_slice(rec);
+    probe.push(b'x');
+    let mut reader = new_reader(&probe);
+    let mut record = ByteRecord::new();
+    matches!(reader.read_byte_record(&mut record), Ok(true))
+        && usize::try_from(reader.position().byte()).is_ok_and(|end| end < probe.len())
 }
 
 /// Whether a record that started at `b[0]` is inside quotes at the end of `b`.
@@ -378,6 +400,22 @@ mod tests {
         let open = &CSV[..CSV.find("SELECT 'a\n").unwrap() + 10];
         let mut p = CsvParser::new(1 << 20);
         assert_eq!(p.parse(open.as_bytes(), false, &mut |_| n += 1), 0);
+    }
+
+    /// Found by the `csvlog` fuzz target: the same bytes fed in chunks of
+    /// 224 counted differently (unparsed 5 vs 2, invalid UTF-8 0 vs 1) from
+    /// the whole buffer.
+    #[test]
+    fn fuzz_csvlog_chunked_counts_differ() {
+        let crash = include_bytes!("../../../tests/fixtures/fuzz/csvlog-chunked-counts-differ.bin");
+        // The first byte is the fuzz target's seed (chunk 224 came from it).
+        let log = &crash[1..];
+        let whole = run(log, usize::MAX, 1 << 20);
+        for chunk in [224, 1, 16, 100, 1000] {
+            let got = run(log, chunk, 1 << 20);
+            assert_eq!(got.0, whole.0, "entries, chunk {chunk}");
+            assert_eq!(got.1, whole.1, "counters, chunk {chunk}");
+        }
     }
 
     #[test]
