@@ -160,8 +160,8 @@ struct Args {
     /// given): a soak longer than it reaches the store's steady state.
     #[arg(long)]
     retention: Option<String>,
-    /// Heavy statements added to every request ({HEAVY_CALLS} calls of
-    /// 200–400 ms each, far above the generated shapes): after the run the
+    /// Heavy statements added to every request (20 calls of
+    /// 200–390 ms each, far above the generated shapes): after the run the
     /// collector's top statements by time must be exactly these, with every
     /// call the acknowledged requests carried (the check of a cardinality
     /// attack: the flood must not push the statements that matter out).

@@ -8,22 +8,26 @@
 #
 # bans, licenses and sources need nothing but Cargo.lock and the crates'
 # manifests (offline). advisories need the RustSec advisory database, a git
-# repository on GitHub: cargo-deny fetches it into ~/.cargo/advisory-dbs.
+# repository on GitHub: cargo-deny fetches it into target/advisory-dbs
+# (deny.toml's db-path).
 # Where GitHub cannot be reached and no copy is there, the advisories are
 # NOT checked, and this script says so on a line of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# cargo-deny from crates.io when it is missing, installed inside the
+# repository's target/ (nothing outside the checkout is written).
+export PATH="$PWD/target/tools/bin:$PATH"
 if ! command -v cargo-deny >/dev/null 2>&1; then
-    echo "audit: installing cargo-deny (cargo install --locked)" >&2
-    cargo install cargo-deny --locked
+    echo "audit: installing cargo-deny into target/tools (cargo install --locked)" >&2
+    cargo install cargo-deny --version 0.20.2 --locked --root "$PWD/target/tools"
 fi
 cargo deny --version
 
 status=0
 cargo deny --offline --log-level error check bans licenses sources || status=$?
 
-db_dir="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
+db_dir="$PWD/target/advisory-dbs"
 if timeout 60 cargo deny --log-level error fetch db >/dev/null 2>&1; then
     cargo deny --offline --log-level error check advisories || status=$?
 elif compgen -G "$db_dir/*/crates" >/dev/null; then

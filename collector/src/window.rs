@@ -195,7 +195,7 @@ impl Bucket {
                 Some(mine) => {
                     let before = mine.heap_bytes();
                     mine.merge(&v);
-                    self.bytes = self.bytes + mine.heap_bytes() - before.min(mine.heap_bytes());
+                    self.bytes = (self.bytes + mine.heap_bytes()).saturating_sub(before);
                 }
                 None => {
                     self.bytes += v.heap_bytes();
@@ -465,7 +465,11 @@ impl Windows {
                 Some(mine) => {
                     let before = mine.heap_bytes();
                     mine.merge(&stats);
-                    bucket.bytes = bucket.bytes + mine.heap_bytes() - before.min(mine.heap_bytes());
+                    // Signed: a merge may also shrink a row (a histogram's
+                    // capacity follows the sizes merged). Counting only the
+                    // growth ratcheted the estimate up by hundreds of MiB
+                    // over a 10-minute run while the real size stayed flat.
+                    bucket.bytes = (bucket.bytes + mine.heap_bytes()).saturating_sub(before);
                 }
                 None => {
                     bucket.bytes += stats.heap_bytes();
@@ -1059,6 +1063,27 @@ mod tests {
             };
             assert_eq!(got.iter().map(view).collect::<Vec<_>>(), want.iter().map(view).collect::<Vec<_>>());
         }
+    }
+
+    /// Merging into the same rows over and over keeps the estimate where
+    /// the rows are: a histogram's capacity goes up and down with the sizes
+    /// merged, and only counting the ups let the estimate climb forever.
+    #[test]
+    fn the_estimate_does_not_ratchet_on_merges() {
+        let mut w = Windows::new(WindowConfig::default());
+        let texts: Vec<String> = (0..50).map(|i| format!("SELECT c{i} FROM t")).collect();
+        let mut sizes = Vec::new();
+        for round in 0..200u64 {
+            // Alternately wide and narrow histograms into the same rows.
+            let calls: Vec<(&str, u64)> = texts
+                .iter()
+                .flat_map(|t| (0..1 + (round % 2) * 5).map(move |k| (t.as_str(), 100 + 1_000 * k)))
+                .collect();
+            w.ingest(&res("a"), obs(T0, &calls), T0);
+            sizes.push(w.health().estimated_bytes);
+        }
+        let (after_warmup, end) = (sizes[20], sizes[199]);
+        assert!(end <= after_warmup + after_warmup / 10, "the estimate grew from {after_warmup} to {end} B");
     }
 
     /// A flood of new shapes fills memory; the statement that carries the

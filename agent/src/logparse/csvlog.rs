@@ -80,7 +80,13 @@ impl CsvParser {
             let rec_start = consumed;
             match reader.read_byte_record(&mut rec) {
                 Ok(true) => {}
-                Ok(false) => break,
+                Ok(false) => {
+                    // No record left: what remains are empty lines (the
+                    // reader skips them). Consumed, or a caller would keep
+                    // them forever (a fuzz finding).
+                    consumed = data.len();
+                    break;
+                }
                 Err(_) => {
                     // Only I/O errors are possible from a slice reader; treat
                     // as garbage and skip to the next newline.
@@ -416,6 +422,25 @@ mod tests {
             assert_eq!(got.0, whole.0, "entries, chunk {chunk}");
             assert_eq!(got.1, whole.1, "counters, chunk {chunk}");
         }
+    }
+
+    /// Found by the `csvlog` fuzz target (after the fix above): at the end
+    /// of the file the parser left a trailing empty line unconsumed, so the
+    /// caller would hold it forever (and count its line nowhere).
+    #[test]
+    fn fuzz_csvlog_eof_not_consumed() {
+        let crash = include_bytes!("../../../tests/fixtures/fuzz/csvlog-eof-not-consumed.bin");
+        let log = &crash[1..];
+        // `run` asserts that everything is consumed.
+        let whole = run(log, usize::MAX, 1 << 20);
+        assert_eq!(whole.1.lines, log.iter().filter(|b| **b == b'\n').count() as u64);
+        for chunk in [1, 16, 100, 1000] {
+            assert_eq!(run(log, chunk, 1 << 20), whole, "chunk {chunk}");
+        }
+        // The smallest form: a record, then blank lines.
+        let input = format!("{CSV}\n\n");
+        let (entries, stats) = run(input.as_bytes(), usize::MAX, 1 << 20);
+        assert_eq!((entries.len(), stats.lines), (2, 5));
     }
 
     #[test]
