@@ -150,7 +150,7 @@ struct Bucket {
 
 /// Per-entry costs for the memory estimate. Statement rows are the bulk:
 /// their hash-table slots are counted from the table's capacity (see
-/// [`Bucket::table_bytes`]), so a row's own cost is only what it holds on
+/// [`table_bytes`]), so a row's own cost is only what it holds on
 /// the heap; the rarer tables, locks and activity keys keep a flat cost
 /// with slot slack included.
 const ROW_SLOT: usize = std::mem::size_of::<(RowKey, RowStats)>() + 1;
