@@ -713,6 +713,19 @@ fn check_heavy(api: SocketAddr, heavy: usize, acked_requests: u64) -> Result<Vec
     if rows.len() != heavy {
         problems.push(format!("{} top statements returned, {heavy} asked for", rows.len()));
     }
+    // The per-statement answer too: it must not copy the store (it did),
+    // and it must count the same calls.
+    if let Some(fp) = rows.first().and_then(|r| r["fingerprint"].as_str()) {
+        let body = http_get(api, &format!("/api/v1/queries/{fp}?from=0"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).context("/api/v1/queries/{fp} is not JSON")?;
+        let calls = v["query"]["calls"].as_u64().unwrap_or(0);
+        let nodes = v["per_node"].as_array().map_or(0, Vec::len);
+        println!("/api/v1/queries/{fp}: {calls} calls from {nodes} nodes");
+        if calls != want_calls {
+            problems
+                .push(format!("/api/v1/queries/{fp}: {calls} calls, the acknowledged requests carried {want_calls}"));
+        }
+    }
     println!(
         "top {heavy} statements by time: {} heavy, each {} calls (want {want_calls}){}",
         texts.iter().filter(|t| t.contains("FROM hot_")).count(),

@@ -76,6 +76,16 @@ impl RowStats {
     /// Adds `o` into `self` (associative and commutative, like
     /// [`StatementStats::merge`]).
     pub fn merge(&mut self, o: &RowStats) {
+        self.merge_without_samples(o);
+        stats::keep_slowest(&mut self.slowest, o.slowest.as_ref(), |s| s.duration);
+        stats::keep_slowest(&mut self.slowest_plan, o.slowest_plan.as_ref(), |p| p.duration);
+    }
+
+    /// [`RowStats::merge`] without the slowest sample and plan: for lists
+    /// that show numbers only (`/api/v1/queries`), where cloning the
+    /// slowest statement text and plan of every fingerprint would cost
+    /// more than the whole answer.
+    pub fn merge_without_samples(&mut self, o: &RowStats) {
         self.calls += o.calls;
         self.total += o.total;
         self.min = stats::merge_min(self.min, o.min);
@@ -85,8 +95,6 @@ impl RowStats {
         stats::merge_errors(&mut self.errors, &o.errors);
         self.temp_files += o.temp_files;
         self.temp_bytes += o.temp_bytes;
-        stats::keep_slowest(&mut self.slowest, o.slowest.as_ref(), |s| s.duration);
-        stats::keep_slowest(&mut self.slowest_plan, o.slowest_plan.as_ref(), |p| p.duration);
         self.pgss.merge(&o.pgss);
         self.queryid = self.queryid.or(o.queryid);
         self.first_seen = opt(self.first_seen, o.first_seen, i64::min);

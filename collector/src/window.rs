@@ -15,8 +15,10 @@
 //! - memory (`memory_limit`): the store estimates what its buckets hold;
 //!   over the limit it first drops the oldest rollup bucket, then rolls the
 //!   oldest minute bucket up early (minute detail lost, data kept), and only
-//!   when a few minutes remain does it fold new rows into `<other>` — each
-//!   step counted in [`StoreHealth`].
+//!   when a few minutes remain does it fold new rows into `<other>` (and,
+//!   past the limit, what would merge into rows already held) — each step
+//!   counted in [`StoreHealth`]. The room a statement table needs to grow
+//!   is made before it grows, since its slots double at once.
 //!
 //! Strings that repeat in every bucket (databases, nodes, relations) are
 //! interned as `Arc<str>`, so a row key costs three pointers.
@@ -160,6 +162,10 @@ const LOCK_COST: usize = std::mem::size_of::<LockKey>() + std::mem::size_of::<Lo
 /// slack, and the text's allocation header.
 const FP_COST: usize = 2 * (std::mem::size_of::<Fingerprint>() + std::mem::size_of::<FpInfo>() + 1) + ALLOC_OVERHEAD;
 const ACTIVITY_COST: usize = std::mem::size_of::<ActivityKey>() + 64;
+/// Statement-table slots kept free for `<other>` rows (one per database
+/// and node) when memory is full, so that folding does not grow the table
+/// (an eighth of a small table, whose growth costs little).
+const OTHER_ROOM: usize = 64;
 /// What the allocator adds to each heap block (header and rounding; glibc
 /// malloc: 8–16 bytes per chunk plus 16-byte alignment).
 pub(crate) const ALLOC_OVERHEAD: usize = 16;
@@ -185,6 +191,23 @@ impl Bucket {
     /// up to twice its length right after it grew.
     fn bytes(&self) -> usize {
         self.bytes + table_bytes(self.queries.capacity(), ROW_SLOT)
+    }
+
+    /// The bytes the statement table needs on top of what it holds if
+    /// `incoming` new rows came in: its new slots, all of them, since the
+    /// old and the new table are both allocated while hashbrown moves the
+    /// rows. A hash table doubles its slots when it grows; with 200,000
+    /// rows of a few hundred bytes a slot that is 100 MiB at once, which
+    /// took the store 30% past its share before it could fold anything, so
+    /// room for the growth is made before a batch (or its new rows fold).
+    fn growth_for(&self, incoming: usize) -> usize {
+        let (len, cap) = (self.queries.len(), self.queries.capacity());
+        if len + incoming <= cap {
+            return 0;
+        }
+        // hashbrown: a power of two of slots, 7/8 of them usable.
+        let slots = ((len + incoming) * 8).div_ceil(7).next_power_of_two();
+        table_bytes(slots / 8 * 7, ROW_SLOT)
     }
 
     /// Adds another bucket's content (rollup). Caps were enforced when the
@@ -390,7 +413,12 @@ impl Windows {
             self.health.too_old_batches += 1;
             return;
         }
-        let memory_full = self.make_room();
+        let incoming = obs.statements.len() + obs.db.statements.len();
+        let growth = self.bucket_for(t, now).map_or(0, |b| b.growth_for(incoming));
+        // Full for new rows when the room a batch may need is not there;
+        // full for every row when even the rows held are past the limit.
+        let memory_full = self.make_room(growth);
+        let held_full = memory_full && self.bytes() > self.cfg.memory_limit;
         let protected = memory_full.then(|| self.protect(now));
 
         // Fingerprint and intern outside the bucket borrow.
@@ -454,12 +482,29 @@ impl Windows {
             if fingerprint == OVERFLOW_FINGERPRINT {
                 bucket.overflow.query_calls += stats.exec_calls();
             } else if memory_full
-                && !bucket.queries.contains_key(&key)
-                && !protected.as_ref().is_some_and(|p| p.contains(&fingerprint))
+                && (held_full || !bucket.queries.contains_key(&key))
+                && (!protected.as_ref().is_some_and(|p| p.contains(&fingerprint))
+                    || bucket.queries.len() + OTHER_ROOM.min(bucket.queries.capacity() / 8)
+                        >= bucket.queries.capacity())
             {
+                // Past the limit, rows already held fold too: merging grows
+                // a row (its histogram gains buckets), and a store that kept
+                // merging into 230,000 rows went 30% past its share. The
+                // top statements keep their rows, but not when one more
+                // row would make the table grow: their new rows, minute
+                // after minute, once doubled a 115,000-row table (110 MiB
+                // at once).
                 folded_rows += 1;
                 bucket.overflow.query_calls += stats.exec_calls();
                 key.fingerprint = OVERFLOW_FINGERPRINT;
+                if bucket.queries.len() + 1 >= bucket.queries.capacity() && !bucket.queries.contains_key(&key) {
+                    // No slot left for this node's `<other>` row (the last
+                    // one is kept for this): the bucket's one `<other>` row
+                    // of every node takes it (the node's cumulative totals
+                    // still have it).
+                    key.database = other.clone();
+                    key.node = other.clone();
+                }
             }
             match bucket.queries.get_mut(&key) {
                 Some(mine) => {
@@ -545,10 +590,10 @@ impl Windows {
             + self.fingerprinter.bytes()
     }
 
-    /// Frees memory when over the limit; true when it could not (new rows
-    /// must then be folded).
-    fn make_room(&mut self) -> bool {
-        while self.bytes() > self.cfg.memory_limit {
+    /// Frees memory when over the limit, leaving room for `growth` more
+    /// bytes; true when it could not (new rows must then be folded).
+    fn make_room(&mut self, growth: usize) -> bool {
+        while self.bytes() + growth > self.cfg.memory_limit {
             if self.hours.len() > 1 {
                 self.hours.pop_front();
                 self.health.evicted_rollups += 1;
@@ -660,17 +705,22 @@ impl Windows {
 
     /// Statement rows merged per fingerprint over `[from, to)`, optionally
     /// of one node and one database, with the total database time of the
-    /// same rows: what `/api/v1/queries` lists. Unlike a [`Snapshot`] it
+    /// same rows: what `/api/v1/queries` lists, so without the slowest
+    /// sample and plan ([`RowStats::merge_without_samples`]). Unlike a [`Snapshot`] it
     /// does not copy every (fingerprint, database, node) row first, so an
     /// API call costs memory by the number of fingerprints, not by the
     /// store's size (a full snapshot of a full store once took as much
     /// memory again as the store).
+    ///
+    /// With `only`, the rows of that fingerprint alone (the total stays
+    /// that of every row).
     pub fn by_fingerprint(
         &self,
         from: EpochMillis,
         to: EpochMillis,
         node: Option<&str>,
         database: Option<&str>,
+        only: Option<Fingerprint>,
     ) -> FingerprintRows {
         let mut rows: FxHashMap<Fingerprint, FingerprintRow> = FxHashMap::default();
         let (mut first, mut last): (Option<EpochMillis>, Option<EpochMillis>) = (None, None);
@@ -690,6 +740,9 @@ impl Windows {
                 e.0 += v.pgss.exec_time + v.pgss.plan_time;
                 e.1 += v.pgss.calls;
                 e.2 += v.total;
+                if only.is_some_and(|fp| fp != k.fingerprint) {
+                    continue;
+                }
                 let row = rows.entry(k.fingerprint).or_insert_with(|| {
                     let (text, method) = match self.fingerprints.get(&k.fingerprint) {
                         Some(f) => (f.text.clone(), f.method),
@@ -704,7 +757,7 @@ impl Windows {
                         databases: Vec::new(),
                     }
                 });
-                row.stats.merge(v);
+                row.stats.merge_without_samples(v);
                 if !row.nodes.contains(&k.node) {
                     row.nodes.push(k.node.clone());
                 }
@@ -1037,7 +1090,7 @@ mod tests {
                 snap.queries.retain(|q| &*q.database == db);
             }
             let mut want = snap.by_fingerprint();
-            let got = w.by_fingerprint(0, T0 + HOUR_MS, node, db);
+            let got = w.by_fingerprint(0, T0 + HOUR_MS, node, db, None);
             assert_eq!(got.total, snap.total_db_time(), "{node:?} {db:?}");
             assert_eq!((got.from, got.to), (snap.from, snap.to));
             let mut got = got.rows;
@@ -1062,6 +1115,17 @@ mod tests {
                 )
             };
             assert_eq!(got.iter().map(view).collect::<Vec<_>>(), want.iter().map(view).collect::<Vec<_>>());
+            // One fingerprint's rows, the total still of all (what the
+            // per-statement API answers with).
+            let fp = want[0].fingerprint;
+            let one = w.by_fingerprint(0, T0 + HOUR_MS, node, db, Some(fp));
+            assert_eq!(one.total, snap.total_db_time());
+            let want_one: Vec<_> = want.iter().filter(|r| r.fingerprint == fp).map(view).collect();
+            assert_eq!(one.rows.iter().map(view).collect::<Vec<_>>(), want_one);
+            if node.is_none() && db.is_none() {
+                let only = w.snapshot_of(0, T0 + HOUR_MS, &std::iter::once(fp).collect());
+                assert_eq!((only.from, only.to), (snap.from, snap.to));
+            }
         }
     }
 
@@ -1116,6 +1180,43 @@ mod tests {
         assert!(folded > 0);
         assert!(heavy_calls < 5 * 3, "unprotected, it folds too (else this test shows nothing)");
         assert_eq!(all, 5 * 43);
+    }
+
+    /// New shapes within one minute fill one statement table; it must not
+    /// double its slots past the limit before folding starts (it did: the
+    /// store reached 130% of its share in the cardinality attack).
+    #[test]
+    fn a_statement_table_does_not_double_past_the_limit() {
+        // protect_top 1,000: all 100 shapes are top statements, whose new
+        // rows are kept while memory is full, but not at the cost of a
+        // table that doubles.
+        for protect_top in [0, 1_000] {
+            table_stays_within(protect_top);
+        }
+    }
+
+    fn table_stays_within(protect_top: usize) {
+        let limit = 1536 * 1024;
+        let mut w = Windows::new(WindowConfig { memory_limit: limit, protect_top, ..WindowConfig::default() });
+        let mut peak = 0;
+        let mut sent = 0;
+        for b in 0..100 {
+            // The same 100 shapes from one more node each time: new rows,
+            // few fingerprints.
+            let texts: Vec<String> = (0..100).map(|i| format!("SELECT c{i} FROM t")).collect();
+            let calls: Vec<(&str, u64)> = texts.iter().map(|s| (s.as_str(), 2)).collect();
+            sent += calls.len() as u64;
+            w.ingest(&res(&format!("node{b}")), obs(T0, &calls), T0);
+            peak = peak.max(w.bytes());
+        }
+        assert!(w.health().memory_folded_rows > 0, "the shapes must fill the store");
+        let held = w.fingerprint_bytes + w.fingerprinter.bytes();
+        assert!(
+            peak <= limit + limit / 20,
+            "estimate peaked at {peak} bytes, limit {limit}, fingerprints {held}, protect_top {protect_top}"
+        );
+        let s = w.snapshot(0, T0 + HOUR_MS, None);
+        assert_eq!(s.queries.iter().map(|q| q.stats.calls).sum::<u64>(), sent, "folding loses no call");
     }
 
     #[test]
