@@ -689,8 +689,7 @@ fn heavy_shape(h: usize) -> String {
 fn check_heavy(api: SocketAddr, heavy: usize, acked_requests: u64) -> Result<Vec<String>> {
     // One more than asked: the `<other>` row (what the caps folded, the
     // flood itself) is listed like a statement and may rank among them.
-    let body = http_get(api, &format!("/api/v1/queries?sort=time&limit={}&from=0", heavy + 1))?;
-    let v: serde_json::Value = serde_json::from_str(&body).context("/api/v1/queries is not JSON")?;
+    let v = get_json(api, &format!("/api/v1/queries?sort=time&limit={}&from=0", heavy + 1))?;
     let all = v["queries"].as_array().context("no `queries` in /api/v1/queries")?;
     let other = all.iter().find(|r| r["text"] == "<other>").and_then(|r| r["calls"].as_u64());
     if let Some(calls) = other {
@@ -716,8 +715,7 @@ fn check_heavy(api: SocketAddr, heavy: usize, acked_requests: u64) -> Result<Vec
     // The per-statement answer too: it must not copy the store (it did),
     // and it must count the same calls.
     if let Some(fp) = rows.first().and_then(|r| r["fingerprint"].as_str()) {
-        let body = http_get(api, &format!("/api/v1/queries/{fp}?from=0"))?;
-        let v: serde_json::Value = serde_json::from_str(&body).context("/api/v1/queries/{fp} is not JSON")?;
+        let v = get_json(api, &format!("/api/v1/queries/{fp}?from=0"))?;
         let calls = v["query"]["calls"].as_u64().unwrap_or(0);
         let nodes = v["per_node"].as_array().map_or(0, Vec::len);
         println!("/api/v1/queries/{fp}: {calls} calls from {nodes} nodes");
@@ -733,6 +731,11 @@ fn check_heavy(api: SocketAddr, heavy: usize, acked_requests: u64) -> Result<Vec
         if problems.is_empty() { ": correct" } else { ": WRONG" }
     );
     Ok(problems)
+}
+
+/// GET `path` of the collector's API, parsed as JSON.
+fn get_json(api: SocketAddr, path: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(&http_get(api, path)?).with_context(|| format!("{path} is not JSON"))
 }
 
 /// splitmix64: a fixed, seedable stream for the workload.

@@ -202,7 +202,7 @@ fn summary(fp: Fingerprint, text: &str, method: Method, st: &RowStats, total: Du
         p95_ms: ms3(st.quantile(0.95)),
         p99_ms: ms3(st.quantile(0.99)),
         max_ms: ms3(st.max),
-        rows: if st.pgss.calls > 0 { Some(st.pgss.rows) } else { st.rows },
+        rows: st.rows_returned(),
         errors: st.error_count(),
         temp_bytes: st.temp_bytes,
         shared_blks_hit: st.pgss.shared_blks_hit,
@@ -265,7 +265,7 @@ async fn queries(State(s): State<Arc<Shared>>, Query(p): Query<QueriesParams>) -
         "p99" => |st| ms3(st.quantile(0.99)),
         "max" => |st| ms3(st.max),
         "errors" => |st| st.error_count() as f64,
-        "rows" => |st| (if st.pgss.calls > 0 { Some(st.pgss.rows) } else { st.rows }).unwrap_or(0) as f64,
+        "rows" => |st| st.rows_returned().unwrap_or(0) as f64,
         other => {
             return error(
                 StatusCode::BAD_REQUEST,

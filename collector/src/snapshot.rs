@@ -125,6 +125,12 @@ impl RowStats {
         if self.pgss.calls > 0 { self.pgss.calls } else { self.calls }
     }
 
+    /// Rows returned or affected: pg_stat_statements' count when the
+    /// statistics source saw the statement, else the log's (when it has one).
+    pub fn rows_returned(&self) -> Option<u64> {
+        if self.pgss.calls > 0 { Some(self.pgss.rows) } else { self.rows }
+    }
+
     /// Database time spent: pg_stat_statements' execution + planning time
     /// when it saw the statement, else the log's total duration.
     pub fn db_time(&self) -> Duration {

@@ -54,7 +54,7 @@ impl QueryTotals {
     fn add(&mut self, s: &RowStats) {
         self.calls += s.exec_calls();
         self.time += s.db_time().as_secs_f64();
-        self.rows += if s.pgss.calls > 0 { s.pgss.rows } else { s.rows.unwrap_or(0) };
+        self.rows += s.rows_returned().unwrap_or(0);
         self.errors += s.error_count();
         self.temp_bytes += s.temp_bytes;
         self.shared_blks_hit += s.pgss.shared_blks_hit;

@@ -210,21 +210,36 @@ impl Bucket {
         table_bytes(slots / 8 * 7, ROW_SLOT)
     }
 
+    /// Merges `stats` into the row of `key` (a new row if there is none),
+    /// keeping the heap estimate.
+    fn add_row(&mut self, key: RowKey, stats: RowStats) {
+        match self.queries.get_mut(&key) {
+            Some(mine) => {
+                let before = mine.heap_bytes();
+                mine.merge(&stats);
+                // Signed: a merge may also shrink a row (a histogram's
+                // capacity follows the sizes merged). Counting only the
+                // growth ratcheted the estimate up by hundreds of MiB
+                // over a 10-minute run while the real size stayed flat.
+                self.bytes = (self.bytes + mine.heap_bytes()).saturating_sub(before);
+            }
+            None => {
+                self.bytes += stats.heap_bytes();
+                self.queries.insert(key, stats);
+            }
+        }
+    }
+
+    /// Rows the statement table takes before it grows.
+    fn free_slots(&self) -> usize {
+        self.queries.capacity() - self.queries.len()
+    }
+
     /// Adds another bucket's content (rollup). Caps were enforced when the
     /// data came in; a rollup only merges keys that already passed them.
     fn absorb(&mut self, other: Bucket) {
         for (k, v) in other.queries {
-            match self.queries.get_mut(&k) {
-                Some(mine) => {
-                    let before = mine.heap_bytes();
-                    mine.merge(&v);
-                    self.bytes = (self.bytes + mine.heap_bytes()).saturating_sub(before);
-                }
-                None => {
-                    self.bytes += v.heap_bytes();
-                    self.queries.insert(k, v);
-                }
-            }
+            self.add_row(k, v);
         }
         for (k, v) in other.tables {
             self.bytes += usize::from(!self.tables.contains_key(&k)) * TABLE_COST;
@@ -484,8 +499,7 @@ impl Windows {
             } else if memory_full
                 && (held_full || !bucket.queries.contains_key(&key))
                 && (!protected.as_ref().is_some_and(|p| p.contains(&fingerprint))
-                    || bucket.queries.len() + OTHER_ROOM.min(bucket.queries.capacity() / 8)
-                        >= bucket.queries.capacity())
+                    || bucket.free_slots() <= OTHER_ROOM.min(bucket.queries.capacity() / 8))
             {
                 // Past the limit, rows already held fold too: merging grows
                 // a row (its histogram gains buckets), and a store that kept
@@ -497,7 +511,7 @@ impl Windows {
                 folded_rows += 1;
                 bucket.overflow.query_calls += stats.exec_calls();
                 key.fingerprint = OVERFLOW_FINGERPRINT;
-                if bucket.queries.len() + 1 >= bucket.queries.capacity() && !bucket.queries.contains_key(&key) {
+                if bucket.free_slots() <= 1 && !bucket.queries.contains_key(&key) {
                     // No slot left for this node's `<other>` row (the last
                     // one is kept for this): the bucket's one `<other>` row
                     // of every node takes it (the node's cumulative totals
@@ -506,21 +520,7 @@ impl Windows {
                     key.node = other.clone();
                 }
             }
-            match bucket.queries.get_mut(&key) {
-                Some(mine) => {
-                    let before = mine.heap_bytes();
-                    mine.merge(&stats);
-                    // Signed: a merge may also shrink a row (a histogram's
-                    // capacity follows the sizes merged). Counting only the
-                    // growth ratcheted the estimate up by hundreds of MiB
-                    // over a 10-minute run while the real size stayed flat.
-                    bucket.bytes = (bucket.bytes + mine.heap_bytes()).saturating_sub(before);
-                }
-                None => {
-                    bucket.bytes += stats.heap_bytes();
-                    bucket.queries.insert(key, stats);
-                }
-            }
+            bucket.add_row(key, stats);
         }
         for (mut key, d) in tables {
             if !bucket.tables.contains_key(&key) && bucket.tables.len() >= max_rel {
