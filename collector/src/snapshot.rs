@@ -52,20 +52,21 @@ pub struct RowStats {
 }
 
 impl RowStats {
-    /// From the log source's statistics of one statement shape.
-    pub fn from_statement(s: &StatementStats) -> Self {
+    /// From the log source's statistics of one statement shape, taken
+    /// over (the histogram's buckets are not copied).
+    pub fn from_statement(s: StatementStats) -> Self {
         RowStats {
             calls: s.calls,
             total: s.total,
             min: s.min,
             max: s.max,
-            hist: SparseHistogram::from_latency(&s.hist),
+            hist: SparseHistogram::from_owned(s.hist),
             rows: s.rows,
-            errors: s.errors.clone(),
+            errors: s.errors,
             temp_files: s.temp_files,
             temp_bytes: s.temp_bytes,
-            slowest: s.slowest.clone(),
-            slowest_plan: s.slowest_plan.clone(),
+            slowest: s.slowest,
+            slowest_plan: s.slowest_plan,
             pgss: PgssDelta::default(),
             queryid: None,
             first_seen: s.first_seen,
@@ -335,7 +336,7 @@ impl Snapshot {
         let node: Arc<str> = node.into();
         let mut rows: FxHashMap<(Fingerprint, String), QueryRow> = FxHashMap::default();
         for (k, e) in &store.queries {
-            let stats = RowStats::from_statement(&e.stats);
+            let stats = RowStats::from_statement(e.stats.clone());
             rows.entry((k.fingerprint, k.database.clone())).and_modify(|r| r.stats.merge(&stats)).or_insert_with(
                 || QueryRow {
                     fingerprint: k.fingerprint,

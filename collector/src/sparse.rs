@@ -13,6 +13,7 @@
 //! sparse [`LatencyHistogram`]), so taking it is a copy of its buckets.
 
 use querywatch_wire::LatencyHistogram;
+use querywatch_wire::histogram;
 use std::time::Duration;
 
 /// Non-empty HDR buckets of one latency distribution, in microseconds.
@@ -29,6 +30,12 @@ impl SparseHistogram {
         SparseHistogram { buckets: h.buckets().collect() }
     }
 
+    /// Takes `h`'s buckets (no copy when `h` is in its sparse form, as
+    /// decoded histograms are).
+    pub fn from_owned(h: LatencyHistogram) -> Self {
+        SparseHistogram { buckets: h.into_buckets() }
+    }
+
     /// As a [`LatencyHistogram`] (bucket for bucket the histogram it came from).
     pub fn to_latency(&self) -> LatencyHistogram {
         let mut h = LatencyHistogram::new();
@@ -38,44 +45,9 @@ impl SparseHistogram {
         h
     }
 
-    /// Adds `other` into `self` (a merge of two sorted lists).
+    /// Adds `other` into `self` (a merge of two sorted lists, in place).
     pub fn merge(&mut self, other: &SparseHistogram) {
-        if other.buckets.is_empty() {
-            return;
-        }
-        if self.buckets.is_empty() {
-            self.buckets.clone_from(&other.buckets);
-            return;
-        }
-        let mut out = Vec::with_capacity(self.buckets.len() + other.buckets.len());
-        let (mut a, mut b) = (self.buckets.iter().peekable(), other.buckets.iter().peekable());
-        loop {
-            match (a.peek(), b.peek()) {
-                (Some(&&(va, na)), Some(&&(vb, nb))) => {
-                    if va == vb {
-                        out.push((va, na + nb));
-                        a.next();
-                        b.next();
-                    } else if va < vb {
-                        out.push((va, na));
-                        a.next();
-                    } else {
-                        out.push((vb, nb));
-                        b.next();
-                    }
-                }
-                (Some(_), None) => {
-                    out.extend(a);
-                    break;
-                }
-                (None, Some(_)) => {
-                    out.extend(b);
-                    break;
-                }
-                (None, None) => break,
-            }
-        }
-        self.buckets = out;
+        histogram::merge_sorted(&mut self.buckets, &other.buckets);
     }
 
     /// Number of recorded values.

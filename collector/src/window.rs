@@ -441,7 +441,7 @@ impl Windows {
         let mut rows = Vec::with_capacity(statements.len());
         for (key, stats) in statements {
             let (fp, _) = self.fingerprint(&key.text, now);
-            rows.push((fp, self.intern(&key.database), RowStats::from_statement(&stats)));
+            rows.push((fp, self.intern(&key.database), RowStats::from_statement(stats)));
         }
         let pgss = std::mem::take(&mut obs.db.statements);
         for (key, delta) in pgss {

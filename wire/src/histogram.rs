@@ -100,7 +100,9 @@ impl LatencyHistogram {
     /// A sparse histogram of `(µs, count)` pairs in any order, each value
     /// bucketed (and rounded up to 1 µs) as [`Self::record_n`] would.
     pub(crate) fn from_micros_counts(pairs: impl IntoIterator<Item = (u64, u64)>) -> Self {
-        let mut buckets: Vec<(u64, u64)> = Vec::new();
+        let pairs = pairs.into_iter();
+        // One allocation: the decoder's pairs know how many they are.
+        let mut buckets: Vec<(u64, u64)> = Vec::with_capacity(pairs.size_hint().0);
         let mut sorted = true;
         for (us, n) in pairs {
             if n == 0 {
@@ -213,6 +215,15 @@ impl LatencyHistogram {
 
     /// `(highest equivalent value in µs, count)` of every non-empty HDR
     /// bucket, ascending by value: the same buckets whichever the form.
+    /// [`Self::buckets`] as a vector, taken over without a copy from the
+    /// sparse form.
+    pub fn into_buckets(self) -> Vec<(u64, u64)> {
+        match self.repr {
+            Repr::Sparse(buckets) => buckets,
+            Repr::Dense(_) => self.buckets().collect(),
+        }
+    }
+
     pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         match &self.repr {
             Repr::Dense(hist) => BucketIter::Dense(hist.iter_recorded()),
@@ -241,33 +252,51 @@ fn sparse_value_at_quantile(buckets: &[(u64, u64)], q: f64) -> u64 {
     0
 }
 
-/// Adds the sorted buckets `theirs` into the sorted buckets `mine`.
-fn merge_sorted(mine: &mut Vec<(u64, u64)>, theirs: &[(u64, u64)]) {
-    if theirs.is_empty() {
-        return;
-    }
-    if mine.is_empty() {
-        mine.extend_from_slice(theirs);
-        return;
-    }
-    let mut out = Vec::with_capacity(mine.len() + theirs.len());
-    let (mut a, mut b) = (mine.iter().peekable(), theirs.iter().peekable());
-    while let (Some(&&(va, na)), Some(&&(vb, nb))) = (a.peek(), b.peek()) {
-        if va == vb {
-            out.push((va, na.saturating_add(nb)));
-            a.next();
-            b.next();
-        } else if va < vb {
-            out.push((va, na));
-            a.next();
-        } else {
-            out.push((vb, nb));
-            b.next();
+/// Adds the sorted buckets `theirs` into the sorted buckets `mine`
+/// (`(value, count)`, values strictly increasing), in place.
+///
+/// The collector merges every incoming point into a row this way, so it
+/// must not allocate when it need not: the counts of values both hold are
+/// added where they are, and only values new to `mine` make it grow, once,
+/// after which a merge from the back puts every bucket in its place. A
+/// statement merged minute after minute mostly hits buckets it has.
+pub fn merge_sorted(mine: &mut Vec<(u64, u64)>, theirs: &[(u64, u64)]) {
+    let mut new = 0usize;
+    let mut i = 0usize;
+    for &(v, n) in theirs {
+        while i < mine.len() && mine[i].0 < v {
+            i += 1;
+        }
+        match mine.get_mut(i) {
+            Some(b) if b.0 == v => {
+                b.1 = b.1.saturating_add(n);
+                i += 1;
+            }
+            _ => new += 1,
         }
     }
-    out.extend(a);
-    out.extend(b);
-    *mine = out;
+    if new == 0 {
+        return;
+    }
+    // `a`, `b`: buckets of `mine` and `theirs` not yet placed; `k`: slots
+    // not yet written. Shared values were added above: they move as `mine`'s.
+    let (mut a, mut b) = (mine.len(), theirs.len());
+    mine.resize(a + new, (0, 0));
+    let mut k = a + new;
+    while b > 0 {
+        let (vb, nb) = theirs[b - 1];
+        k -= 1;
+        if a > 0 && mine[a - 1].0 >= vb {
+            if mine[a - 1].0 == vb {
+                b -= 1;
+            }
+            mine[k] = mine[a - 1];
+            a -= 1;
+        } else {
+            mine[k] = (vb, nb);
+            b -= 1;
+        }
+    }
 }
 
 /// [`LatencyHistogram::buckets`] of either form (one type, exact size for
@@ -398,6 +427,19 @@ mod tests {
             let mut ss = sparse(&a);
             ss.merge(&sparse(&b));
             prop_assert!(ss.is_sparse());
+        }
+
+        #[test]
+        fn merge_sorted_adds_like_a_map(a in prop::collection::btree_map(0u64..64, 1u64..1000, 0..40),
+                                        b in prop::collection::btree_map(0u64..64, 1u64..1000, 0..40)) {
+            // Few distinct values, so shared and new values interleave.
+            let mut want = a.clone();
+            for (v, n) in &b {
+                *want.entry(*v).or_default() += n;
+            }
+            let mut got: Vec<(u64, u64)> = a.into_iter().collect();
+            merge_sorted(&mut got, &b.into_iter().collect::<Vec<_>>());
+            prop_assert_eq!(got, want.into_iter().collect::<Vec<_>>());
         }
 
         #[test]

@@ -70,7 +70,7 @@ impl Snap {
     fn add(mut self, node: &str, text: &str, f: impl FnOnce(&mut StatementStats)) -> Snap {
         let mut st = StatementStats::default();
         f(&mut st);
-        self.row(node, text).merge(&RowStats::from_statement(&st));
+        self.row(node, text).merge(&RowStats::from_statement(st));
         self
     }
 

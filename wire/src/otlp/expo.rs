@@ -62,14 +62,28 @@ fn index(value: f64, scale: i32) -> i32 {
     (value.log2() * f64::from(scale).exp2()).ceil() as i32 - 1
 }
 
-/// The representative value of bucket `index` at `scale`: the point whose
-/// largest relative error to anything in the bucket is smallest.
-pub(super) fn representative(index: i64, scale: i32) -> f64 {
-    let step = f64::from(-scale).exp2();
-    #[allow(clippy::cast_precision_loss)] // bucket indexes are far below 2^53
-    let lower = (index as f64 * step).exp2();
-    let base = step.exp2();
-    lower * 2.0 * base / (1.0 + base)
+/// The representative values of the buckets at one scale: of each bucket,
+/// the point whose largest relative error to anything in the bucket is
+/// smallest. What depends on the scale alone is computed once (the decoder
+/// asks for every non-empty bucket of every point).
+struct Representatives {
+    step: f64,
+    base: f64,
+}
+
+impl Representatives {
+    fn new(scale: i32) -> Self {
+        let step = f64::from(-scale).exp2();
+        Representatives { step, base: step.exp2() }
+    }
+
+    fn of(&self, index: i64) -> f64 {
+        #[allow(clippy::cast_precision_loss)] // bucket indexes are far below 2^53
+        let lower = (index as f64 * self.step).exp2();
+        // In this order, as it always was: the bucket a value lands in
+        // must not move by a rounding.
+        lower * 2.0 * self.base / (1.0 + self.base)
+    }
 }
 
 /// The HDR histogram as buckets at [`SCALE`], in seconds.
@@ -113,9 +127,10 @@ pub(super) fn to_hdr(
     nonzero: impl IntoIterator<Item = (usize, u64)>,
     scale: i32,
 ) -> LatencyHistogram {
+    let rep = Representatives::new(scale);
     let buckets = nonzero.into_iter().map(|(i, n)| {
         let index = i64::from(offset) + i64::try_from(i).unwrap_or(i64::MAX);
-        let micros = (representative(index, scale) * 1e6).round();
+        let micros = (rep.of(index) * 1e6).round();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // positive; `as` saturates
         (micros as u64, n)
     });
@@ -170,7 +185,7 @@ mod tests {
         // The representative lies inside its bucket.
         for scale in [-2, 0, 3, 8, 20] {
             for i in [-5000i64, -1, 0, 1, 77] {
-                let r = representative(i, scale);
+                let r = Representatives::new(scale).of(i);
                 let step = f64::from(-scale).exp2();
                 if (i as f64 * step).abs() > 1000.0 {
                     continue; // 2^±1000 and beyond: not a latency, and not representable

@@ -25,6 +25,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum,
 };
+use std::collections::hash_map::Entry;
 use std::time::Duration;
 
 /// An input counter of the agent: metric name, unit, description, and the
@@ -983,8 +984,21 @@ pub(super) fn duration_point<A: attrs::Attrs + ?Sized>(
         n.ignored += 1;
         return Ok(());
     };
-    if let Some(part) = duration_stats(item, p)? {
-        statement(obs, key, start, end).merge(&part);
+    if let Some(mut part) = duration_stats(item, p)? {
+        // A statement comes once per request as a rule: the decoded point
+        // becomes the entry, without a default to merge it into.
+        see(&mut obs.first_seen, &mut obs.last_seen, start, end);
+        match obs.statements.entry(key) {
+            Entry::Occupied(e) => {
+                let s = e.into_mut();
+                see(&mut s.first_seen, &mut s.last_seen, start, end);
+                s.merge(&part);
+            }
+            Entry::Vacant(e) => {
+                see(&mut part.first_seen, &mut part.last_seen, start, end);
+                e.insert(part);
+            }
+        }
     }
     n.ours += 1;
     Ok(())

@@ -168,7 +168,7 @@ impl<'a> Reader<'a> {
         let mut r = Reader::new(self.len_delimited()?);
         let mut index = 0usize;
         loop {
-            let zeros = r.buf.iter().position(|&b| b != 0).unwrap_or(r.buf.len());
+            let zeros = leading_zeros(r.buf);
             index += zeros;
             r.buf = &r.buf[zeros..];
             if r.is_empty() {
@@ -205,6 +205,24 @@ impl<'a> Reader<'a> {
         }
         Some(())
     }
+}
+
+/// How many bytes at the start of `buf` are zero. Eight at a time: at
+/// scale 8 most of a point's packed counts are zero bytes (empty buckets
+/// between the few a statement's calls fall in), and this scan was the
+/// decoder's largest cost.
+fn leading_zeros(buf: &[u8]) -> usize {
+    let (mut rest, mut zeros) = (buf, 0);
+    while let Some((word, tail)) = rest.split_first_chunk::<8>() {
+        let word = u64::from_le_bytes(*word);
+        if word != 0 {
+            // Little-endian: the first non-zero byte is the lowest one set.
+            return zeros + (word.trailing_zeros() / 8) as usize;
+        }
+        zeros += 8;
+        rest = tail;
+    }
+    zeros + rest.iter().position(|&b| b != 0).unwrap_or(rest.len())
 }
 
 /// A message field seen at most once (prost merges repeats; we fall back).
@@ -333,6 +351,9 @@ fn durations<'a>(
     if temporality != AggregationTemporality::Delta as i32 {
         return None;
     }
+    // Most points are statements new to the batch: one reservation instead
+    // of the map doubling its way up (3% of the collector's CPU).
+    obs.statements.reserve(scratch.points.len());
     // Taken out so that the points can borrow the rest of the scratch.
     let points = std::mem::take(&mut scratch.points);
     for &p in &points {
@@ -476,6 +497,19 @@ mod tests {
         assert_eq!(Reader::new(&[0xff; 11]).varint(), None);
         assert_eq!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]).varint(), None);
         assert_eq!(Reader::new(&[0x80]).varint(), None);
+    }
+
+    #[test]
+    fn leading_zeros_finds_the_first_non_zero_byte_at_any_place() {
+        for len in 0..20 {
+            assert_eq!(leading_zeros(&vec![0u8; len]), len);
+            for at in 0..len {
+                let mut b = vec![0u8; len];
+                b[at] = 0x80;
+                b[len - 1] |= 1; // a later non-zero byte must not win
+                assert_eq!(leading_zeros(&b), at, "len {len}, first non-zero at {at}");
+            }
+        }
     }
 
     #[test]

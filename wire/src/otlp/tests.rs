@@ -1059,7 +1059,33 @@ fn agent_health_of_another_kind_is_ignored_and_bad_points_rejected() {
 fn both_decoders(bytes: &[u8]) -> (String, String) {
     let raw = decode_metrics_bytes(bytes);
     let prost = ExportMetricsServiceRequest::decode(bytes).map(decode_metrics_per_resource);
-    (format!("{raw:?}"), format!("{prost:?}"))
+    (canonical(&raw), canonical(&prost))
+}
+
+/// `r`'s Debug with the statement and lock maps in key order: the two
+/// decoders may size those maps differently, and a hash map's Debug order
+/// follows its capacity.
+fn canonical(r: &Result<ResourceParts, prost::DecodeError>) -> String {
+    let Ok(parts) = r else { return format!("{r:?}") };
+    let parts: Vec<String> = parts
+        .iter()
+        .map(|(n, d)| {
+            let Ok(d) = d else { return format!("({n}, {d:?})") };
+            let batches: Vec<String> = d
+                .batches
+                .iter()
+                .map(|(res, obs)| {
+                    let statements: std::collections::BTreeMap<_, _> = obs.statements.iter().collect();
+                    let locks: std::collections::BTreeMap<_, _> = obs.locks.iter().collect();
+                    let rest =
+                        Observations { statements: Default::default(), locks: Default::default(), ..obs.clone() };
+                    format!("({res:?}, statements {statements:?}, locks {locks:?}, {rest:?})")
+                })
+                .collect();
+            format!("({n}, Ok(ignored {}, [{}]))", d.ignored, batches.join(", "))
+        })
+        .collect();
+    format!("Ok([{}])", parts.join(", "))
 }
 
 /// `bytes` decode alike both ways, and on the fast path (no fallback).
