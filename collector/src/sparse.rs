@@ -10,7 +10,8 @@
 //! bucket), so converting from a [`LatencyHistogram`] and back loses
 //! nothing, two sparse histograms add exactly, and quantiles are HDR's
 //! quantiles. What the decoder hands over is already in this form (the
-//! sparse [`LatencyHistogram`]), so taking it is a copy of its buckets.
+//! sparse [`LatencyHistogram`]), so the store takes its buckets over
+//! ([`SparseHistogram::from_owned`]) without a copy.
 
 use querywatch_wire::LatencyHistogram;
 use querywatch_wire::histogram;

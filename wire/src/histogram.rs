@@ -213,8 +213,6 @@ impl LatencyHistogram {
         matches!(self.repr, Repr::Sparse(_))
     }
 
-    /// `(highest equivalent value in µs, count)` of every non-empty HDR
-    /// bucket, ascending by value: the same buckets whichever the form.
     /// [`Self::buckets`] as a vector, taken over without a copy from the
     /// sparse form.
     pub fn into_buckets(self) -> Vec<(u64, u64)> {
@@ -224,6 +222,8 @@ impl LatencyHistogram {
         }
     }
 
+    /// `(highest equivalent value in µs, count)` of every non-empty HDR
+    /// bucket, ascending by value: the same buckets whichever the form.
     pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         match &self.repr {
             Repr::Dense(hist) => BucketIter::Dense(hist.iter_recorded()),
@@ -281,6 +281,9 @@ pub fn merge_sorted(mine: &mut Vec<(u64, u64)>, theirs: &[(u64, u64)]) {
     // `a`, `b`: buckets of `mine` and `theirs` not yet placed; `k`: slots
     // not yet written. Shared values were added above: they move as `mine`'s.
     let (mut a, mut b) = (mine.len(), theirs.len());
+    // Exactly: the store keeps hundreds of thousands of these, and its
+    // memory bound counts their capacity.
+    mine.reserve_exact(new);
     mine.resize(a + new, (0, 0));
     let mut k = a + new;
     while b > 0 {
