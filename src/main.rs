@@ -15,8 +15,10 @@ use std::process::ExitCode;
 /// mimalloc instead of glibc's malloc. The collector allocates a batch on
 /// the threads that decode requests and frees it on the one that merges
 /// it into the store; with glibc a fifth of the collector's CPU went to
-/// malloc and free (arena locks, `malloc_consolidate`). BENCHMARKS.md,
-/// "collector ingest", has the measurement.
+/// malloc and free (arena locks, `malloc_consolidate`). Built without
+/// transparent huge pages (`no_thp` in Cargo.toml): with them the agent's
+/// resident size doubled. BENCHMARKS.md, "The store step, the decoder and
+/// the allocator", has the measurements.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
