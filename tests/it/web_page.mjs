@@ -129,7 +129,12 @@ try {
   await page.locator("#show-resolved").check();
   await all;
   await page.locator("#findings tbody tr", { hasText: subject }).first().waitFor();
-  check(await page.locator("#h-findings").innerText() === "Findings", "the resolved toggle shows all findings");
+  // The page draws once all four API answers are in, after the findings
+  // one: wait for the heading to change (a CI run read it in between).
+  const heading = await page.waitForFunction(
+    () => document.getElementById("h-findings").textContent === "Findings", null, { timeout: 15000 },
+  ).then(() => true, () => false);
+  check(heading, "the resolved toggle shows all findings");
   const open = page.waitForResponse(r => r.url().includes("api/v1/findings?state=open"));
   await page.locator("#show-resolved").uncheck();
   await open;
