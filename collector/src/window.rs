@@ -706,11 +706,11 @@ impl Windows {
     /// Statement rows merged per fingerprint over `[from, to)`, optionally
     /// of one node and one database, with the total database time of the
     /// same rows: what `/api/v1/queries` lists, so without the slowest
-    /// sample and plan ([`RowStats::merge_without_samples`]). Unlike a [`Snapshot`] it
-    /// does not copy every (fingerprint, database, node) row first, so an
-    /// API call costs memory by the number of fingerprints, not by the
-    /// store's size (a full snapshot of a full store once took as much
-    /// memory again as the store).
+    /// sample and plan ([`RowStats::merge_without_samples`]). Unlike a
+    /// [`Snapshot`] it does not copy every (fingerprint, database, node)
+    /// row first, so an API call costs memory by the number of
+    /// fingerprints, not by the store's size (a full snapshot of a full
+    /// store once took as much memory again as the store).
     ///
     /// With `only`, the rows of that fingerprint alone (the total stays
     /// that of every row).

@@ -295,7 +295,6 @@ fn agent_config(dir: &Path, name: &str, cluster: &PgCluster, endpoint: &str, pro
     (config, state)
 }
 
-/// Every file under `dir`, with its path.
 /// The metrics requests in the `.otlp` files of a spool directory (a spool
 /// file: 12-byte header, then length-prefixed metrics and logs).
 fn spooled_metrics(spool: &Path) -> Vec<Vec<u8>> {
@@ -309,6 +308,7 @@ fn spooled_metrics(spool: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Every file under `dir`, with its path.
 fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_owned()];
