@@ -7,6 +7,10 @@
 //! spread log-uniformly over 100 µs – 1 s, encoded by the agent's own
 //! encoder (scale 8), plus the health points every request carries.
 //! Throughput is in histogram data points.
+//!
+//! `gzip/*` times what happens to the same request around the decoder:
+//! the agent's gzip of it and the collector's gunzip (flate2 with
+//! whichever backend the workspace selects).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -71,5 +75,25 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode);
+fn gzip(c: &mut Criterion) {
+    use std::io::{Read, Write};
+    let bytes = request();
+    let compress = |raw: &[u8]| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(raw).and_then(|()| enc.finish())
+    };
+    let Ok(gz) = compress(&bytes) else { panic!("gzip into a Vec cannot fail") };
+    let mut group = c.benchmark_group("gzip");
+    group.throughput(Throughput::Elements(STATEMENTS as u64));
+    group.bench_function("deflate", |b| b.iter(|| compress(black_box(&bytes))));
+    group.bench_function("inflate", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(bytes.len());
+            flate2::read::GzDecoder::new(black_box(&gz[..])).read_to_end(&mut out).map(|_| out)
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, gzip);
 criterion_main!(benches);
