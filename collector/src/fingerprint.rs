@@ -1,5 +1,5 @@
 //! Statement fingerprints: pg_query's fingerprint of the masked shape,
-//! computed once per distinct shape (bounded LRU cache).
+//! computed once per distinct shape (bounded, scan-resistant cache).
 //!
 //! Options: `FULL_RELNAME | RANGEVAR_INCLUDE_SCHEMA`. pg_query's default
 //! ignores digit runs in relation names and schema names, so a query on
