@@ -984,21 +984,8 @@ pub(super) fn duration_point<A: attrs::Attrs + ?Sized>(
         n.ignored += 1;
         return Ok(());
     };
-    if let Some(mut part) = duration_stats(item, p)? {
-        // A statement comes once per request as a rule: the decoded point
-        // becomes the entry, without a default to merge it into.
-        see(&mut obs.first_seen, &mut obs.last_seen, start, end);
-        match obs.statements.entry(key) {
-            Entry::Occupied(e) => {
-                let s = e.into_mut();
-                see(&mut s.first_seen, &mut s.last_seen, start, end);
-                s.merge(&part);
-            }
-            Entry::Vacant(e) => {
-                see(&mut part.first_seen, &mut part.last_seen, start, end);
-                e.insert(part);
-            }
-        }
+    if let Some(part) = duration_stats(item, p)? {
+        add_statement(obs, key, start, end, part);
     }
     n.ours += 1;
     Ok(())
@@ -1010,6 +997,22 @@ fn statement(obs: &mut Observations, key: crate::StatementKey, start: u64, end: 
     let s = obs.statements.entry(key).or_default();
     see(&mut s.first_seen, &mut s.last_seen, start, end);
     s
+}
+
+/// [`statement`] followed by a merge of `part`, except that a statement
+/// new to the batch (the rule: one point per statement per request)
+/// becomes `part` itself, without a default to merge it into.
+fn add_statement(obs: &mut Observations, key: crate::StatementKey, start: u64, end: u64, part: StatementStats) {
+    see(&mut obs.first_seen, &mut obs.last_seen, start, end);
+    let s = match obs.statements.entry(key) {
+        Entry::Occupied(e) => {
+            let s = e.into_mut();
+            s.merge(&part);
+            s
+        }
+        Entry::Vacant(e) => e.insert(part),
+    };
+    see(&mut s.first_seen, &mut s.last_seen, start, end);
 }
 
 fn see(first: &mut Option<EpochMillis>, last: &mut Option<EpochMillis>, start: u64, end: u64) {
