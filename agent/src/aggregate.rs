@@ -11,6 +11,7 @@ use crate::events::{Event, Sessionizer};
 use crate::logparse::{LogEntry, ParseStats};
 use crate::mask::mask_into;
 use crate::plan;
+use crate::stats::sql;
 use querywatch_wire::names::OVERFLOW_TEXT;
 use querywatch_wire::observations::{LockKey, LockStats};
 use querywatch_wire::stats::{EpochMillis, PlanSample, StatementStats};
@@ -52,6 +53,11 @@ impl Default for AggregatorConfig {
 }
 
 type ShapeId = u32;
+
+/// The shape of the agent's own statistics queries (they carry
+/// [`sql::MARKER`]): the log shows them when `log_min_duration_statement`
+/// is low, and the agent never reports its own work. Never a table index.
+const OWN: ShapeId = ShapeId::MAX;
 type NameId = u32;
 
 /// Interns strings up to a cap; past it everything maps to the overflow id.
@@ -145,6 +151,9 @@ impl Aggregator {
         match event {
             Event::Statement { ctx, duration, text } => {
                 let shape = self.shape(&text);
+                if shape == OWN {
+                    return;
+                }
                 let key = self.key(shape, ctx.database, ctx.user);
                 let masked = &self.shapes.list[key.0 as usize];
                 self.stats.entry(key).or_default().record_call(duration, ctx.timestamp, masked);
@@ -157,10 +166,13 @@ impl Aggregator {
                     *self.obs.classes.entry("plan_unparsed").or_default() += 1;
                     return;
                 };
+                let shape = self.shape(&split.query_text);
+                if shape == OWN {
+                    return;
+                }
                 let mut masked_plan = std::mem::take(&mut self.plan_buf);
                 masked_plan.clear();
                 if plan::mask_plan(&split.plan, split.format, &mut masked_plan).is_ok() {
-                    let shape = self.shape(&split.query_text);
                     let key = self.key(shape, ctx.database, ctx.user);
                     self.stats.entry(key).or_default().record_plan(PlanSample {
                         duration,
@@ -181,6 +193,9 @@ impl Aggregator {
                 match statement {
                     Some(text) => {
                         let shape = self.shape(text);
+                        if shape == OWN {
+                            return;
+                        }
                         let key = self.key(shape, ctx.database, ctx.user);
                         let msg = mask_message(state, message);
                         self.stats.entry(key).or_default().record_error(state, &msg, ctx.timestamp);
@@ -230,6 +245,9 @@ impl Aggregator {
             Event::TempFile { ctx, bytes, statement } => match statement {
                 Some(text) => {
                     let shape = self.shape(text);
+                    if shape == OWN {
+                        return;
+                    }
                     let key = self.key(shape, ctx.database, ctx.user);
                     self.stats.entry(key).or_default().record_temp_file(bytes, ctx.timestamp);
                 }
@@ -249,9 +267,17 @@ impl Aggregator {
         Some(self.obs.locks.entry(key).or_default())
     }
 
+    /// The masked text of a statement in a lock report. The agent's own
+    /// statements are named too: a poll stuck behind a lock is worth seeing.
     fn masked_text(&mut self, raw: &str) -> String {
-        let id = self.shape(raw);
-        self.shapes.list[id as usize].clone()
+        match self.shape(raw) {
+            OWN => {
+                let mut out = String::new();
+                mask_into(raw, &mut out);
+                out
+            }
+            id => self.shapes.list[id as usize].clone(),
+        }
     }
 
     /// The shape id of a raw statement text, masking it only when unseen.
@@ -262,11 +288,16 @@ impl Aggregator {
         if let Some(id) = self.raw.get(&hash) {
             return *id;
         }
-        self.mask_buf.clear();
-        mask_into(raw, &mut self.mask_buf);
-        let id = match self.shapes.get_or_insert(&self.mask_buf, self.cfg.max_shapes) {
-            Some(id) => id,
-            None => self.overflow(),
+        // Checked once per distinct raw text, here, not per execution.
+        let id = if sql::is_own(raw) {
+            OWN
+        } else {
+            self.mask_buf.clear();
+            mask_into(raw, &mut self.mask_buf);
+            match self.shapes.get_or_insert(&self.mask_buf, self.cfg.max_shapes) {
+                Some(id) => id,
+                None => self.overflow(),
+            }
         };
         if self.raw.len() >= self.cfg.max_raw_texts {
             // A cache, not state: dropping it only costs re-masking.
@@ -477,6 +508,30 @@ mod tests {
         let calls: u64 = obs.statements.values().map(|s| s.calls).sum();
         assert_eq!(calls, 3000, "nothing lost: overflow rows count their calls");
         assert_eq!(obs.overflow_calls, 3000 - 5);
+    }
+
+    /// The agent's statistics queries reach the log too (at
+    /// `log_min_duration_statement = 0`); they are not reported, however
+    /// often they run, and they do not take a shape from the cap.
+    #[test]
+    fn the_agents_own_statements_in_the_log_are_not_reported() {
+        use crate::logparse::Severity;
+        let mut agg = Aggregator::new(AggregatorConfig { max_shapes: 1, ..AggregatorConfig::default() });
+        let own = format!("duration: 2.000 ms  statement: {}", sql::EXTENSION);
+        for message in [own.as_str(), "duration: 1.000 ms  statement: SELECT a FROM t WHERE id = 7", own.as_str()] {
+            agg.entry(&LogEntry {
+                pid: Some(1),
+                severity: Some(Severity::Log),
+                user: Some("u".into()),
+                database: Some("db".into()),
+                message: message.into(),
+                ..LogEntry::default()
+            });
+        }
+        let obs = agg.finish(&ParseStats::default());
+        let texts: Vec<&str> = obs.statements.keys().map(|k| k.text.as_str()).collect();
+        assert_eq!(texts, ["SELECT a FROM t WHERE id = $1"]);
+        assert_eq!(obs.overflow_calls, 0);
     }
 
     #[test]

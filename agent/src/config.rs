@@ -162,6 +162,10 @@ pub struct RawExport {
     pub timeout: Option<Duration>,
     /// `gzip` (default) or `none`.
     pub compression: Option<String>,
+    /// `masked` (default): statement texts leave with every literal
+    /// replaced. `fingerprint`: no statement text leaves at all, only its
+    /// fingerprint (see [`QueryText`]).
+    pub query_text: Option<String>,
     /// Bound of the on-disk spool used while the collector is unreachable (default 256 MiB).
     pub spool_max_bytes: Option<u64>,
     /// PEM file of CA certificates to trust for an `https://` endpoint, in
@@ -204,6 +208,19 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+/// What of a statement's text leaves the node (`export.query_text`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryText {
+    /// The masked text: literals replaced by `$n` (DESIGN.md's privacy line).
+    #[default]
+    Masked,
+    /// No text: the agent fingerprints each masked shape itself and sends a
+    /// token in its place (`querywatch_wire::shape::Withheld`). Plans
+    /// (masked, and without their statement) and error messages (masked)
+    /// still leave: the detectors read them.
+    Fingerprint,
+}
+
 /// Export settings, validated.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
@@ -212,6 +229,7 @@ pub struct ExportConfig {
     pub headers: BTreeMap<String, String>,
     pub timeout: Duration,
     pub gzip: bool,
+    pub query_text: QueryText,
     pub spool_max_bytes: u64,
     /// The PEM certificates of `export.ca_file`, read and checked at
     /// startup (trusted for `https://` endpoints on top of the webpki roots).
@@ -379,6 +397,16 @@ impl Config {
             Some("none") => false,
             Some(other) => return Err(invalid("export.compression", format!("{other:?}: use gzip or none"))),
         };
+        let query_text = match x.query_text.as_deref() {
+            None | Some("masked") => QueryText::Masked,
+            Some("fingerprint") => QueryText::Fingerprint,
+            Some(other) => {
+                return Err(invalid(
+                    "export.query_text",
+                    format!("{other:?}: use masked (literals replaced) or fingerprint (no text at all)"),
+                ));
+            }
+        };
         let ca_pem = match &x.ca_file {
             Some(path) => Some(read_ca_file(path)?),
             None => None,
@@ -412,6 +440,7 @@ impl Config {
                 headers,
                 timeout: x.timeout.unwrap_or(Duration::from_secs(10)),
                 gzip,
+                query_text,
                 spool_max_bytes: x.spool_max_bytes.unwrap_or(256 << 20),
                 ca_pem,
                 client_identity,
@@ -535,6 +564,7 @@ bearer_token = "s3cret"
         assert_eq!(c.export.headers["authorization"], "Bearer s3cret");
         assert_eq!(c.export.headers["x-tenant"], "a");
         assert!(c.export.gzip);
+        assert_eq!(c.export.query_text, QueryText::Masked);
     }
 
     #[test]
@@ -568,6 +598,10 @@ bearer_token = "s3cret"
             ("node = \"n\"\n[logs]\ndirectory = \"/x\"\nprefix = \"%z\"", "unknown escape"),
             ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\nendpoint = \"collector:4317\"", "http://"),
             ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\nprotocol = \"thrift\"", "grpc or http/protobuf"),
+            (
+                "node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\nquery_text = \"none\"",
+                "masked (literals replaced) or fingerprint",
+            ),
             ("node = \"n\"\ninterval = \"10ms\"\n[logs]\ndirectory = \"/x\"", "at least 1s"),
             ("node = \"n\"\ninterval = \"soon\"\n[logs]\ndirectory = \"/x\"", "interval"),
         ];

@@ -7,6 +7,7 @@
 //! - [`mask`] — the privacy boundary: literals out, statement shapes in.
 //! - [`plan`] — auto_explain plans: split and mask.
 //! - [`aggregate`] — events into [`querywatch_wire::Observations`], with caps.
+//! - [`withhold`] — fingerprints-only export: statement texts out, tokens in.
 pub mod aggregate;
 pub mod check;
 pub mod config;
@@ -14,8 +15,8 @@ pub mod events;
 pub mod export;
 pub mod logparse;
 pub mod mask;
-
 pub mod plan;
 pub mod run;
 pub mod stats;
 pub mod tail;
+pub mod withhold;

@@ -55,11 +55,12 @@
 //!   warm. A restart still loses the pairing of lines cut by it.
 
 use crate::aggregate::{Aggregator, AggregatorConfig};
-use crate::config::{Config, DatabaseConfig, LogsConfig};
+use crate::config::{Config, DatabaseConfig, LogsConfig, QueryText};
 use crate::export::{Batch, ExportCounters, ExportError, ExportHealth, Exporter, Options, Outcome, Receipt};
 use crate::logparse::{self, LogFormat, ParseStats, Parser};
 use crate::stats::{Poller, PollerConfig, PollerHealth, StatsError, StatsMessage};
 use crate::tail::{Chunk, FileId, Source, StartAt, TailConfig, TailError, TailStats, Tailer, Watermark};
+use crate::withhold::Withholder;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use querywatch_wire::health::{AgentHealth, FileRead};
 use querywatch_wire::otlp::{ResourceInfo, encode_logs, encode_metrics};
@@ -238,10 +239,17 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
         health,
         summary: RunSummary::default(),
         said: HashSet::new(),
+        // Sized like the log's shape cap: one interval's shapes stay cached.
+        withhold: (cfg.export.query_text == QueryText::Fingerprint)
+            .then(|| Withholder::new(cfg.logs.as_ref().map_or(20_000, |l| l.max_shapes))),
     };
     eprintln!(
-        "querywatch agent: node {:?}, exporting every {:?} to {} ({:?})",
-        cfg.node, cfg.interval, cfg.export.endpoint, cfg.export.protocol
+        "querywatch agent: node {:?}, exporting every {:?} to {} ({:?}{})",
+        cfg.node,
+        cfg.interval,
+        cfg.export.endpoint,
+        cfg.export.protocol,
+        if lp.withhold.is_some() { ", query text withheld: fingerprints only" } else { "" }
     );
 
     // The last submit was cut short by a signal: the exporter's queue is
@@ -398,6 +406,8 @@ struct Loop {
     summary: RunSummary,
     /// Error kinds already said on stderr (each is counted always).
     said: HashSet<&'static str>,
+    /// `Some` with `export.query_text = "fingerprint"`.
+    withhold: Option<Withholder>,
 }
 
 impl Loop {
@@ -430,6 +440,30 @@ impl Loop {
         // The worker filled in the files it read; the rest is ours.
         let files = std::mem::take(&mut cut.obs.agent.files);
         cut.obs.agent = self.health.cut(files);
+        if let Some(mut w) = self.withhold.take() {
+            // Off the runtime's thread: a first interval of 20,000 new
+            // shapes is up to a second or two of pg_query parsing.
+            let mut obs = std::mem::take(&mut cut.obs);
+            match tokio::task::spawn_blocking(move || {
+                w.apply(&mut obs);
+                (obs, w)
+            })
+            .await
+            {
+                Ok((obs, w)) => {
+                    cut.obs = obs;
+                    self.withhold = Some(w);
+                }
+                Err(e) => {
+                    // Nothing with text may leave: this interval is lost
+                    // (counted); the next one starts a fresh cache of the
+                    // default size.
+                    self.error("withhold", format!("withholding query text failed, interval dropped: {e}"));
+                    self.withhold = Some(Withholder::new(20_000));
+                    return None;
+                }
+            }
+        }
         let end = now_ns().max(self.last_cut + 1);
         let interval = (self.last_cut, end);
         self.last_cut = end;

@@ -26,7 +26,7 @@ mod export {
         ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
     };
     use prost::Message;
-    use querywatch_agent::config::{ExportConfig, Protocol};
+    use querywatch_agent::config::{ExportConfig, Protocol, QueryText};
     use querywatch_agent::export::{
         Batch, ExportCounters, ExportHandle, Exporter, Options, Outcome, Receipt, RetryPolicy, spool,
     };
@@ -473,6 +473,7 @@ mod export {
             ]),
             timeout: Duration::from_secs(5),
             gzip,
+            query_text: QueryText::Masked,
             spool_max_bytes,
             ca_pem: None,
             client_identity: None,

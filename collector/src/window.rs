@@ -34,6 +34,7 @@ use querywatch_wire::dbstats::{ActivityKey, TableDelta};
 use querywatch_wire::names::OVERFLOW_TEXT;
 use querywatch_wire::observations::{LockKey, LockStats};
 use querywatch_wire::otlp::ResourceInfo;
+use querywatch_wire::shape::Withheld;
 use querywatch_wire::stats::EpochMillis;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
@@ -398,6 +399,12 @@ impl Windows {
         let (fp, method) = self.fingerprinter.get(text);
         if let Some(info) = self.fingerprints.get_mut(&fp) {
             info.last_seen = info.last_seen.max(now);
+            // A node that withholds query text sent this fingerprint first:
+            // show the masked text as soon as another node sends it.
+            if Withheld::is_token(&info.text) && !Withheld::is_token(text) {
+                self.fingerprint_bytes = (self.fingerprint_bytes + text.len()).saturating_sub(info.text.len());
+                info.text = text.into();
+            }
             return (fp, false);
         }
         if self.fingerprints.len() >= self.cfg.max_fingerprints {
@@ -938,6 +945,7 @@ impl Windows {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::fingerprint::fingerprint_with_method;
     use querywatch_wire::StatementKey;
     use querywatch_wire::dbstats::{PgssDelta, PgssKey, TableKey as WireTableKey};
 
@@ -974,6 +982,27 @@ mod tests {
         assert_eq!(only_b.queries.len(), 1);
         assert_eq!(only_b.queries[0].stats.calls, 1);
         assert_eq!(only_b.nodes.len(), 1);
+    }
+
+    /// A node that withholds query text and one that sends it merge per
+    /// fingerprint, and the masked text is shown once any node sent it.
+    #[test]
+    fn withheld_text_merges_with_sent_text_and_gives_way_to_it() {
+        let text = "SELECT x FROM t WHERE id = $1";
+        let (fp, method) = fingerprint_with_method(text);
+        let token = Withheld { fingerprint: fp.0, parsed: method == Method::Parsed, read_only: true }.to_string();
+        let mut w = Windows::new(WindowConfig::default());
+        w.ingest(&res("private"), obs(T0, &[(&token, 100)]), T0);
+        assert_eq!(w.fingerprint_text(fp).unwrap().0.as_ref(), token);
+        let bytes = w.fingerprint_bytes;
+        w.ingest(&res("open"), obs(T0, &[(text, 300)]), T0);
+        w.ingest(&res("private"), obs(T0 + 1_000, &[(&token, 200)]), T0 + 1_000);
+        assert_eq!(w.fingerprint_text(fp).unwrap(), (Arc::from(text), Method::Parsed));
+        assert_eq!(w.fingerprint_bytes, bytes + text.len() - token.len());
+        let s = w.snapshot(T0 - MINUTE_MS, T0 + MINUTE_MS, None);
+        let by_fp = s.by_fingerprint();
+        assert_eq!(by_fp.len(), 1);
+        assert_eq!((by_fp[0].stats.calls, by_fp[0].nodes.len()), (3, 2));
     }
 
     #[test]

@@ -31,7 +31,7 @@
 // A test: a failed unwrap is a failed test, with the error.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -44,6 +44,9 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
+use querywatch_collector::fingerprint::fingerprint;
+use querywatch_wire::names::OVERFLOW_TEXT;
+use querywatch_wire::shape::Withheld;
 
 use crate::agent_live::workload_literals;
 use crate::support::agent::{NODE, read, start_agent, stop_agent};
@@ -275,17 +278,38 @@ fn statement_texts(requests: &[Vec<u8>]) -> Vec<String> {
     texts
 }
 
+/// Node name of the agent that withholds query text.
+const WITHHELD_NODE: &str = "withheld-1";
+
+/// The fingerprints of the log's statements in OTLP metrics requests, as
+/// the collector computes them (a token gives the fingerprint it carries).
+fn log_fingerprints(requests: &[Vec<u8>], cache: &mut HashMap<String, u64>) -> HashSet<u64> {
+    let mut out = HashSet::new();
+    for bytes in requests {
+        let Ok(req) = ExportMetricsServiceRequest::decode(&bytes[..]) else { continue };
+        let Ok(decoded) = querywatch_wire::otlp::decode_metrics(&req) else { continue };
+        for (_, obs) in decoded.batches {
+            for k in obs.statements.keys().filter(|k| k.text != OVERFLOW_TEXT) {
+                out.insert(*cache.entry(k.text.clone()).or_insert_with(|| fingerprint(&k.text).0));
+            }
+        }
+    }
+    out
+}
+
 /// Writes an agent's config (logs and statistics of `cluster`, export to
-/// `endpoint` over `protocol`); returns (config, state dir).
+/// `endpoint` over `protocol`); returns (config, state dir). The agent
+/// named `withheld` sends fingerprints only, as node [`WITHHELD_NODE`].
 fn agent_config(dir: &Path, name: &str, cluster: &PgCluster, endpoint: &str, protocol: &str) -> (PathBuf, PathBuf) {
     let state = dir.join(format!("state-{name}"));
     let config = dir.join(format!("agent-{name}.toml"));
+    let (node, query_text) = if name == "withheld" { (WITHHELD_NODE, "fingerprint") } else { (NODE, "masked") };
     let text = format!(
-        "node = \"{NODE}\"\ninterval = \"1s\"\nstate_dir = {state:?}\n\
+        "node = \"{node}\"\ninterval = \"1s\"\nstate_dir = {state:?}\n\
          [logs]\ndirectory = {logs:?}\npattern = \"postgresql.csv\"\nstart_at = \"beginning\"\n\
          [database]\ndsn = \"host={host} port={port} user=querywatch dbname=postgres connect_timeout=5\"\n\
          statements_interval = \"1s\"\nactivity_interval = \"100ms\"\n\
-         [export]\nendpoint = {endpoint:?}\nprotocol = {protocol:?}\ntimeout = \"2s\"\n",
+         [export]\nendpoint = {endpoint:?}\nprotocol = {protocol:?}\ntimeout = \"2s\"\nquery_text = \"{query_text}\"\n",
         state = state.display().to_string(),
         logs = cluster.log_dir().display().to_string(),
         host = cluster.host(),
@@ -382,6 +406,7 @@ fn no_workload_literal_leaves_by_any_export_path() {
             .unwrap();
     let collector = rt.block_on(querywatch_collector::serve::start(config)).unwrap();
     let (grpc_proxy, grpc_capture) = proxy(collector.grpc.unwrap());
+    let (withheld_proxy, withheld_capture) = proxy(collector.grpc.unwrap());
     let (http_addr, http_capture, http_requests) = http_capture();
     // Nothing listens there: that agent spools.
     let down = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -390,6 +415,7 @@ fn no_workload_literal_leaves_by_any_export_path() {
         ("grpc", format!("http://{grpc_proxy}"), "grpc"),
         ("http", format!("http://{http_addr}"), "http/protobuf"),
         ("spool", format!("http://{down}"), "grpc"),
+        ("withheld", format!("http://{withheld_proxy}"), "grpc"),
     ]
     .into_iter()
     .map(|(name, endpoint, protocol)| {
@@ -451,6 +477,27 @@ fn no_workload_literal_leaves_by_any_export_path() {
         );
         thread::sleep(Duration::from_millis(250));
     }
+    // The agent that withholds query text read the same log: wait until it
+    // has sent every fingerprint the gRPC agent sent as text.
+    let mut fp_cache = HashMap::new();
+    let as_text: Vec<Vec<u8>> = grpc_capture.connections().iter().flat_map(|c| grpc_messages(c)).collect();
+    let sent_as_text = log_fingerprints(&as_text, &mut fp_cache);
+    assert!(sent_as_text.len() >= 10, "only {} fingerprints from the log", sent_as_text.len());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let withheld: Vec<Vec<u8>> = withheld_capture.connections().iter().flat_map(|c| grpc_messages(c)).collect();
+        let missing = sent_as_text.difference(&log_fingerprints(&withheld, &mut fp_cache)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent withholding query text did not send {missing} of the {} fingerprints within 60 s:\n{}",
+            sent_as_text.len(),
+            read(&agents[3].4)
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
     // A few more statistics polls, then stop them all: the spooling agent
     // writes what it holds to its spool at SIGTERM.
     thread::sleep(Duration::from_secs(3));
@@ -498,6 +545,14 @@ fn no_workload_literal_leaves_by_any_export_path() {
     check("gRPC, messages (inflated)", &messages.concat());
     let texts = statement_texts(&messages);
     assert!(texts.iter().any(|t| t.contains("$1 AS canary_text")), "masked canary not in the gRPC messages: {texts:?}");
+    // The agents' own polls are in the log (log_min_duration_statement =
+    // 0), and no agent reports them.
+    assert!(contains(&log, b"/* querywatch */"), "the agents' polls are not in the log");
+    let own: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.contains("pg_stat_statements(true) s") || t.contains("quote_ident(n.nspname)"))
+        .collect();
+    assert!(own.is_empty(), "an agent reported its own statements: {own:?}");
     // The sleeping canary was sampled from pg_stat_activity while it ran.
     assert!(
         texts.iter().any(|t| t.starts_with("activity: ") && t.contains("pg_sleep")),
@@ -526,6 +581,33 @@ fn no_workload_literal_leaves_by_any_export_path() {
     let texts = statement_texts(&spooled);
     assert!(texts.iter().any(|t| t.contains("$1 AS canary_text")), "masked canary not in the spool");
 
+    // The agent that withholds query text: not even the masked texts the
+    // gRPC agent sent are in what it sent; every statement text is a token.
+    let withheld_conns = withheld_capture.connections();
+    check("gRPC, query text withheld, raw TCP stream", &withheld_conns.concat());
+    let withheld: Vec<Vec<u8>> = withheld_conns.iter().flat_map(|c| grpc_messages(c)).collect();
+    let withheld_bytes = withheld.concat();
+    check("gRPC, query text withheld, messages (inflated)", &withheld_bytes);
+    let masked: HashSet<String> = statement_texts(&messages)
+        .into_iter()
+        .map(|t| t.trim_start_matches("activity: ").to_owned())
+        .filter(|t| t.len() >= 12 && t != OVERFLOW_TEXT)
+        .collect();
+    assert!(masked.iter().any(|t| t.contains("canary_text")), "the masked canary is not among {masked:?}");
+    let shown: Vec<&String> = masked.iter().filter(|t| contains(&withheld_bytes, t.as_bytes())).collect();
+    assert!(shown.is_empty(), "masked texts sent by the agent that withholds them: {shown:?}");
+    let tokens = statement_texts(&withheld);
+    for t in &tokens {
+        let t = t.strip_prefix("activity: ").unwrap_or(t);
+        assert!(t.is_empty() || t == OVERFLOW_TEXT || Withheld::parse(t).is_some(), "not a token: {t:?}");
+    }
+    let activity = tokens.iter().filter(|t| t.starts_with("activity: ") && t.len() > "activity: ".len()).count();
+    assert!(activity > 0, "no activity sample with a token among {} texts", tokens.len());
+    assert!(
+        withheld.iter().any(|m| ExportLogsServiceRequest::decode(&m[..]).is_ok_and(|r| !r.resource_logs.is_empty())),
+        "no logs request (samples, plans) from the agent that withholds query text"
+    );
+
     // The collector's outputs: the JSON API and /metrics.
     let queries = http_get(collector.api, "/api/v1/queries?limit=1000&range=1h");
     check("collector API /api/v1/queries", &queries);
@@ -543,6 +625,21 @@ fn no_workload_literal_leaves_by_any_export_path() {
     }
     check(&format!("collector API /api/v1/queries/{{fingerprint}}, all {} of them", rows.len()), &details);
     assert!(contains(&details, b"Filter"), "no plan among the detail pages");
+    // The collector took the withheld fingerprints as they are, merged them
+    // with the same statements from the other node, and shows their text.
+    let of_withheld = http_get(collector.api, &format!("/api/v1/queries?limit=1000&range=1h&node={WITHHELD_NODE}"));
+    let of_withheld: serde_json::Value = serde_json::from_slice(&of_withheld).unwrap();
+    let of_withheld: HashMap<u64, &str> = of_withheld["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (u64::from_str_radix(r["fingerprint"].as_str().unwrap(), 16).unwrap(), r["text"].as_str().unwrap()))
+        .collect();
+    for fp in &sent_as_text {
+        let text =
+            of_withheld.get(fp).unwrap_or_else(|| panic!("{fp:016x} is not among node {WITHHELD_NODE}'s statements"));
+        assert!(!Withheld::is_token(text), "{fp:016x}: the other node's text is not shown: {text}");
+    }
     for path in ["/api/v1/findings?state=all", "/api/v1/nodes", "/api/v1/partitions?range=1h", "/metrics"] {
         check(&format!("collector {path}"), &http_get(collector.api, path));
     }

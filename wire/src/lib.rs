@@ -11,14 +11,19 @@
 //! - [`observations`] — everything one agent saw in one interval (or one log file).
 //! - [`dbstats`] — the statistics poller's deltas (pg_stat_statements, tables, activity samples).
 //! - [`health`] — the agent's own health (reads per file, export, spool, poller connection).
+//! - [`shape`] — what a masked text tells (read-only?), and the token that stands in for a withheld text.
+//! - `fingerprint` (feature `fingerprint`) — pg_query fingerprints of masked shapes.
 //! - [`otlp`] — [`Observations`] as OTLP metrics and logs, and back (the live agent → collector path).
 
 pub mod dbstats;
+#[cfg(feature = "fingerprint")]
+pub mod fingerprint;
 pub mod health;
 pub mod histogram;
 pub mod names;
 pub mod observations;
 pub mod otlp;
+pub mod shape;
 pub mod stats;
 
 pub use dbstats::DbStats;

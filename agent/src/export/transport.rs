@@ -325,6 +325,7 @@ fn gunzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::QueryText;
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -335,6 +336,7 @@ mod tests {
             headers: BTreeMap::from([("Authorization".into(), "Bearer t".into())]),
             timeout: Duration::from_secs(1),
             gzip: true,
+            query_text: QueryText::Masked,
             spool_max_bytes: 1 << 20,
             ca_pem: None,
             client_identity: None,

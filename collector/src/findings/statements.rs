@@ -11,6 +11,7 @@ use super::{DetectorConfig, Draft, Finding, Kind, Severity, fp_subject, ms, r3, 
 use crate::fingerprint::Fingerprint;
 use crate::snapshot::{FingerprintRow, RowStats, Snapshot};
 use crate::store::OVERFLOW_FINGERPRINT;
+use querywatch_wire::shape::is_read_only;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -264,105 +265,6 @@ pub(crate) fn error_hotspots(snap: &Snapshot, fps: &[FingerprintRow], cfg: &Dete
     }
 }
 
-/// Function calls that write, lock, or give a different answer each time:
-/// a statement calling one is never a cache candidate.
-const NOT_CACHEABLE_CALLS: &[&str] = &[
-    "NEXTVAL",
-    "SETVAL",
-    "CURRVAL",
-    "LASTVAL",
-    "SET_CONFIG",
-    "PG_NOTIFY",
-    "PG_SLEEP",
-    "PG_ADVISORY_LOCK",
-    "PG_ADVISORY_XACT_LOCK",
-    "PG_TRY_ADVISORY_LOCK",
-    "PG_TRY_ADVISORY_XACT_LOCK",
-    "PG_ADVISORY_UNLOCK",
-    "TXID_CURRENT",
-    "PG_CURRENT_XACT_ID",
-    "RANDOM",
-    "GEN_RANDOM_UUID",
-    "UUID_GENERATE_V4",
-    "DBLINK",
-    "DBLINK_EXEC",
-    "LO_CREATE",
-    "LO_IMPORT",
-    "LO_UNLINK",
-    "PG_TERMINATE_BACKEND",
-    "PG_CANCEL_BACKEND",
-];
-
-/// Whether a masked statement is a plain read, judged conservatively from
-/// its words: it starts with SELECT (or WITH … and then only SELECTs),
-/// takes no row locks (`FOR UPDATE/SHARE`), creates nothing (`SELECT
-/// INTO`) and calls none of [`NOT_CACHEABLE_CALLS`]. A user function that
-/// writes cannot be told from its name; such statements slip through, so
-/// the finding is `info` and the action says to check.
-pub fn is_read_only(text: &str) -> bool {
-    let words = words(text);
-    let first = words.first().map(|(w, _)| w.as_str());
-    if !matches!(first, Some("SELECT" | "WITH")) {
-        return false;
-    }
-    for (i, (w, called)) in words.iter().enumerate() {
-        let next = words.get(i + 1).map(|(w, _)| w.as_str());
-        match w.as_str() {
-            "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "INTO" | "COPY" | "LOCK" | "TRUNCATE" => {
-                // `FOR UPDATE` and `FOR NO KEY UPDATE` are row locks; an
-                // UPDATE anywhere else is a data-modifying CTE: not a read.
-                return false;
-            }
-            "FOR" if matches!(next, Some("SHARE" | "KEY" | "NO" | "UPDATE")) => return false,
-            _ if *called && NOT_CACHEABLE_CALLS.contains(&w.as_str()) => return false,
-            _ => {}
-        }
-    }
-    true
-}
-
-/// Upper-cased words of a statement, each with whether a `(` follows it
-/// (a call); quoted strings, quoted identifiers and comments skipped.
-fn words(text: &str) -> Vec<(String, bool)> {
-    let b = text.as_bytes();
-    let mut out: Vec<(String, bool)> = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'\'' || c == b'"' {
-            i += 1;
-            while i < b.len() && b[i] != c {
-                i += 1;
-            }
-            i += 1;
-        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i += 2;
-            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                i += 1;
-            }
-            i += 2;
-        } else if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$') {
-                i += 1;
-            }
-            let word = text[start..i].to_ascii_uppercase();
-            let mut j = i;
-            while j < b.len() && b[j].is_ascii_whitespace() {
-                j += 1;
-            }
-            out.push((word, b.get(j) == Some(&b'(')));
-        } else {
-            i += 1;
-        }
-    }
-    out
-}
-
 /// A read-only statement executed often (`cache_min_calls_per_second`),
 /// with a stable latency (p99/p50 ≤ `cache_max_p99_over_p50`) and a large
 /// share of all executions (`cache_min_call_share`): its result is a
@@ -571,34 +473,6 @@ mod tests {
         let out = run(|s, f, _, o| temp_spills(s, f, o), &s, &DetectorConfig::default());
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].evidence["temp_bytes"], json!(2_097_152));
-    }
-
-    #[test]
-    fn read_only_is_decided_conservatively() {
-        for ro in [
-            "SELECT a FROM t WHERE id = $1",
-            "select count(*) from t",
-            "WITH x AS (SELECT a FROM t) SELECT * FROM x",
-            "SELECT lower(name) FROM users WHERE id = $1",
-            "SELECT 'for update' FROM t",
-        ] {
-            assert!(is_read_only(ro), "{ro}");
-        }
-        for rw in [
-            "SELECT a FROM t WHERE id = $1 FOR UPDATE",
-            "SELECT a FROM t FOR NO KEY UPDATE SKIP LOCKED",
-            "SELECT a FROM t FOR SHARE",
-            "SELECT nextval($1)",
-            "SELECT pg_advisory_lock($1)",
-            "SELECT a INTO t2 FROM t",
-            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
-            "UPDATE t SET a = $1",
-            "INSERT INTO t VALUES ($1)",
-            "SELECT random()",
-            "BEGIN",
-        ] {
-            assert!(!is_read_only(rw), "{rw}");
-        }
     }
 
     #[test]
