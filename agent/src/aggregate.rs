@@ -483,24 +483,27 @@ fn lock_object(object: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A LOG line of pid 1 in database `db`.
+    fn log_line<'a>(user: &'a str, message: &'a str) -> LogEntry<'a> {
+        LogEntry {
+            pid: Some(1),
+            severity: Some(crate::logparse::Severity::Log),
+            user: Some(user.into()),
+            database: Some("db".into()),
+            message: message.into(),
+            ..LogEntry::default()
+        }
+    }
+
     #[test]
     fn rows_are_capped_across_users_not_only_shapes() {
-        use crate::logparse::Severity;
         let cfg = AggregatorConfig { max_shapes: 5, ..AggregatorConfig::default() };
         let mut agg = Aggregator::new(cfg);
         for user in 0..300 {
             for shape in 0..10 {
                 let user = format!("u{user}");
                 let message = format!("duration: 1.000 ms  statement: SELECT c{shape} FROM t");
-                let e = LogEntry {
-                    pid: Some(1),
-                    severity: Some(Severity::Log),
-                    user: Some(user.as_str().into()),
-                    database: Some("db".into()),
-                    message: message.as_str().into(),
-                    ..LogEntry::default()
-                };
-                agg.entry(&e);
+                agg.entry(&log_line(&user, &message));
             }
         }
         let obs = agg.finish(&ParseStats::default());
@@ -515,18 +518,10 @@ mod tests {
     /// often they run, and they do not take a shape from the cap.
     #[test]
     fn the_agents_own_statements_in_the_log_are_not_reported() {
-        use crate::logparse::Severity;
         let mut agg = Aggregator::new(AggregatorConfig { max_shapes: 1, ..AggregatorConfig::default() });
         let own = format!("duration: 2.000 ms  statement: {}", sql::EXTENSION);
         for message in [own.as_str(), "duration: 1.000 ms  statement: SELECT a FROM t WHERE id = 7", own.as_str()] {
-            agg.entry(&LogEntry {
-                pid: Some(1),
-                severity: Some(Severity::Log),
-                user: Some("u".into()),
-                database: Some("db".into()),
-                message: message.into(),
-                ..LogEntry::default()
-            });
+            agg.entry(&log_line("u", message));
         }
         let obs = agg.finish(&ParseStats::default());
         let texts: Vec<&str> = obs.statements.keys().map(|k| k.text.as_str()).collect();
@@ -536,15 +531,7 @@ mod tests {
 
     #[test]
     fn cut_keeps_sessions_across_intervals() {
-        use crate::logparse::Severity;
-        let entry = |msg: &'static str| LogEntry {
-            pid: Some(1),
-            severity: Some(Severity::Log),
-            user: Some("u".into()),
-            database: Some("db".into()),
-            message: msg.into(),
-            ..LogEntry::default()
-        };
+        let entry = |msg: &'static str| log_line("u", msg);
         let mut agg = Aggregator::new(AggregatorConfig::default());
         agg.entry(&entry("duration: 4.000 ms  parse <unnamed>: SELECT $1"));
         agg.entry(&entry("duration: 1.000 ms  bind <unnamed>: SELECT $1"));

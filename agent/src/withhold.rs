@@ -11,7 +11,8 @@
 //! numbers merge here, exactly as the collector would have merged them.
 //!
 //! Parsing a shape costs 10–100 µs and the same shapes come back every
-//! interval, hence the cache. It is bounded; an eviction costs one parse
+//! interval, hence the cache. It is bounded by bytes of text, not only by
+//! entries (statements can be kilobytes long); an eviction costs one parse
 //! later, never data.
 
 use querywatch_wire::dbstats::{ActivityKey, PgssKey};
@@ -20,13 +21,17 @@ use querywatch_wire::names::OVERFLOW_TEXT;
 use querywatch_wire::observations::LockKey;
 use querywatch_wire::shape::{Withheld, is_read_only};
 use querywatch_wire::{Observations, StatementKey};
+use quick_cache::Weighter;
 use quick_cache::unsync::Cache;
 use std::collections::BTreeMap;
 use std::hash::Hash;
 
+/// Bytes of text the token cache may hold (masked texts and their tokens).
+pub const CACHE_BYTES: u64 = 8 << 20;
+
 /// Replaces statement texts by tokens, with a bounded cache of the tokens.
 pub struct Withholder {
-    cache: Cache<Box<str>, Box<str>>,
+    cache: Cache<Box<str>, Box<str>, TextBytes>,
     /// Shapes fingerprinted (cache misses), for the tests and the curious.
     parses: u64,
 }
@@ -38,9 +43,10 @@ impl std::fmt::Debug for Withholder {
 }
 
 impl Withholder {
-    /// A withholder caching the tokens of up to `capacity` shapes.
-    pub fn new(capacity: usize) -> Withholder {
-        Withholder { cache: Cache::new(capacity.max(1)), parses: 0 }
+    /// A withholder caching the tokens of about `shapes` shapes, and of
+    /// at most [`CACHE_BYTES`] of text.
+    pub fn new(shapes: usize) -> Withholder {
+        Withholder { cache: Cache::with_weighter(shapes.max(1), CACHE_BYTES, TextBytes), parses: 0 }
     }
 
     /// Shapes fingerprinted so far (the cache's misses).
@@ -91,6 +97,16 @@ impl Withholder {
         let db = &mut obs.db;
         rekey(&mut db.statements, |k| PgssKey { text: self.token(&k.text), ..k }, |a, b| a.merge(&b));
         rekey(&mut db.activity, |k| ActivityKey { text: self.token(&k.text), ..k }, |a, b| *a = a.saturating_add(b));
+    }
+}
+
+/// Weighs a cache entry by its text bytes (plus a little for the entry).
+#[derive(Clone, Copy, Debug)]
+struct TextBytes;
+
+impl Weighter<Box<str>, Box<str>> for TextBytes {
+    fn weight(&self, text: &Box<str>, token: &Box<str>) -> u64 {
+        (text.len() + token.len() + 32) as u64
     }
 }
 
@@ -210,10 +226,14 @@ mod tests {
             w.token("SELECT a FROM t WHERE id = $1");
         }
         assert_eq!(w.parses(), 1);
+        // Long statements: the byte bound holds whatever the entry count.
+        let long = "x".repeat(100_000);
         for i in 0..100 {
-            w.token(&format!("SELECT c{i} FROM t"));
+            w.token(&format!("SELECT c{i}, {long} FROM t"));
         }
-        assert!(w.cache.len() <= 11, "{} cached, capacity 10", w.cache.len());
+        assert_eq!(w.parses(), 101);
+        assert!(w.cache.weight() <= CACHE_BYTES, "{} bytes cached", w.cache.weight());
+        assert!(w.cache.len() < 100, "{} cached", w.cache.len());
         // An unparsable shape gets the collector's fallback, marked.
         let t = Withheld::parse(&w.token("SELECT * FROM t WHERE (")).unwrap();
         assert!(!t.parsed);
