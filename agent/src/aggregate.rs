@@ -38,10 +38,13 @@ pub struct AggregatorConfig {
     pub until: Option<EpochMillis>,
 }
 
+/// Default bound on statement rows (shape, database, user) per interval.
+pub const DEFAULT_MAX_SHAPES: usize = 20_000;
+
 impl Default for AggregatorConfig {
     fn default() -> Self {
         AggregatorConfig {
-            max_shapes: 20_000,
+            max_shapes: DEFAULT_MAX_SHAPES,
             max_raw_texts: 100_000,
             max_locks: 10_000,
             max_sessions: crate::events::DEFAULT_MAX_SESSIONS,
@@ -150,11 +153,7 @@ impl Aggregator {
     fn event(&mut self, event: Event<'_>) {
         match event {
             Event::Statement { ctx, duration, text } => {
-                let shape = self.shape(&text);
-                if shape == OWN {
-                    return;
-                }
-                let key = self.key(shape, ctx.database, ctx.user);
+                let Some(key) = self.row(&text, ctx.database, ctx.user) else { return };
                 let masked = &self.shapes.list[key.0 as usize];
                 self.stats.entry(key).or_default().record_call(duration, ctx.timestamp, masked);
                 if Some(key.0) == self.overflow_shape {
@@ -166,14 +165,10 @@ impl Aggregator {
                     *self.obs.classes.entry("plan_unparsed").or_default() += 1;
                     return;
                 };
-                let shape = self.shape(&split.query_text);
-                if shape == OWN {
-                    return;
-                }
+                let Some(key) = self.row(&split.query_text, ctx.database, ctx.user) else { return };
                 let mut masked_plan = std::mem::take(&mut self.plan_buf);
                 masked_plan.clear();
                 if plan::mask_plan(&split.plan, split.format, &mut masked_plan).is_ok() {
-                    let key = self.key(shape, ctx.database, ctx.user);
                     self.stats.entry(key).or_default().record_plan(PlanSample {
                         duration,
                         timestamp: ctx.timestamp,
@@ -192,11 +187,7 @@ impl Aggregator {
                 let state = sqlstate.as_ref().map_or("?????", |s| s.as_str());
                 match statement {
                     Some(text) => {
-                        let shape = self.shape(text);
-                        if shape == OWN {
-                            return;
-                        }
-                        let key = self.key(shape, ctx.database, ctx.user);
+                        let Some(key) = self.row(text, ctx.database, ctx.user) else { return };
                         let msg = mask_message(state, message);
                         self.stats.entry(key).or_default().record_error(state, &msg, ctx.timestamp);
                     }
@@ -244,11 +235,7 @@ impl Aggregator {
             }
             Event::TempFile { ctx, bytes, statement } => match statement {
                 Some(text) => {
-                    let shape = self.shape(text);
-                    if shape == OWN {
-                        return;
-                    }
-                    let key = self.key(shape, ctx.database, ctx.user);
+                    let Some(key) = self.row(text, ctx.database, ctx.user) else { return };
                     self.stats.entry(key).or_default().record_temp_file(bytes, ctx.timestamp);
                 }
                 None => {
@@ -315,6 +302,15 @@ impl Aggregator {
         let id = self.shapes.get_or_insert(OVERFLOW_TEXT, usize::MAX).unwrap_or(0);
         self.overflow_shape = Some(id);
         id
+    }
+
+    /// The statistics row of a raw statement text for a database and user;
+    /// `None` for the agent's own statements ([`OWN`]), never reported.
+    fn row(&mut self, raw: &str, database: &str, user: &str) -> Option<(ShapeId, NameId, NameId)> {
+        match self.shape(raw) {
+            OWN => None,
+            shape => Some(self.key(shape, database, user)),
+        }
     }
 
     /// The statistics row of a shape for a database and user. Rows are

@@ -483,7 +483,7 @@ impl Config {
             prefix,
             start_at_end,
             max_entry_bytes,
-            max_shapes: raw.max_shapes.unwrap_or(20_000).max(1),
+            max_shapes: raw.max_shapes.unwrap_or(crate::aggregate::DEFAULT_MAX_SHAPES).max(1),
         }))
     }
 

@@ -54,7 +54,7 @@
 //!   and its `log_duration`) keep their pairing, and the masking cache stays
 //!   warm. A restart still loses the pairing of lines cut by it.
 
-use crate::aggregate::{Aggregator, AggregatorConfig};
+use crate::aggregate::{Aggregator, AggregatorConfig, DEFAULT_MAX_SHAPES};
 use crate::config::{Config, DatabaseConfig, LogsConfig, QueryText};
 use crate::export::{Batch, ExportCounters, ExportError, ExportHealth, Exporter, Options, Outcome, Receipt};
 use crate::logparse::{self, LogFormat, ParseStats, Parser};
@@ -241,7 +241,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<RunSummary, RunError> 
         said: HashSet::new(),
         // Sized like the log's shape cap: one interval's shapes stay cached.
         withhold: (cfg.export.query_text == QueryText::Fingerprint)
-            .then(|| Withholder::new(cfg.logs.as_ref().map_or(20_000, |l| l.max_shapes))),
+            .then(|| Withholder::new(cfg.logs.as_ref().map_or(DEFAULT_MAX_SHAPES, |l| l.max_shapes))),
     };
     eprintln!(
         "querywatch agent: node {:?}, exporting every {:?} to {} ({:?}{})",
@@ -459,7 +459,7 @@ impl Loop {
                     // (counted); the next one starts a fresh cache of the
                     // default size.
                     self.error("withhold", format!("withholding query text failed, interval dropped: {e}"));
-                    self.withhold = Some(Withholder::new(20_000));
+                    self.withhold = Some(Withholder::new(DEFAULT_MAX_SHAPES));
                     return None;
                 }
             }

@@ -41,10 +41,9 @@ impl Withheld {
             return None;
         }
         let fingerprint = u64::from_str_radix(hex, 16).ok()?;
-        let (parsed, rest) = match rest {
-            _ if rest.starts_with(" method=parsed") => (true, &rest[" method=parsed".len()..]),
-            _ if rest.starts_with(" method=fallback") => (false, &rest[" method=fallback".len()..]),
-            _ => return None,
+        let (parsed, rest) = match rest.strip_prefix(" method=parsed") {
+            Some(rest) => (true, rest),
+            None => (false, rest.strip_prefix(" method=fallback")?),
         };
         let read_only = match rest {
             " read_only=true" => true,
