@@ -79,8 +79,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
     {
         let w = lock(&s.windows);
         let t = &w.totals;
-        let mut q: Vec<_> = t.queries.iter().collect();
-        q.sort_by(|a, b| a.0.cmp(b.0));
+        let q = t.query_series();
         let fp_label = |k: &SeriesFingerprint| match k {
             SeriesFingerprint::One(fp) => fp.to_string(),
             SeriesFingerprint::Other => "other".to_owned(),
@@ -105,13 +104,13 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         ];
         for (name, help, get) in counters {
             o.family(name, "counter", help);
-            for ((k, node), v) in &q {
+            for (k, node, v) in &q {
                 o.sample(name, &[("fingerprint", &fp_label(k)), ("node", node)], get(v));
             }
         }
         let name = "querywatch_query_duration_seconds";
         o.family(name, "histogram", "Logged statement durations.");
-        for ((k, node), v) in &q {
+        for (k, node, v) in &q {
             let fp = fp_label(k);
             let mut cum = 0;
             for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
@@ -134,7 +133,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         );
         let mut fps: Vec<_> = q
             .iter()
-            .filter_map(|((k, _), _)| match k {
+            .filter_map(|(k, _, _)| match k {
                 SeriesFingerprint::One(fp) => Some(*fp),
                 SeriesFingerprint::Other => None,
             })

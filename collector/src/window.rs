@@ -292,6 +292,9 @@ enum Keep<'a> {
 #[derive(Clone, Debug)]
 struct FpInfo {
     text: Arc<str>,
+    /// `text` is a withheld-text token: kept as a flag because reading the
+    /// text on every hit costs a cache miss per data point.
+    withheld: bool,
     method: Method,
     last_seen: EpochMillis,
 }
@@ -401,9 +404,10 @@ impl Windows {
             info.last_seen = info.last_seen.max(now);
             // A node that withholds query text sent this fingerprint first:
             // show the masked text as soon as another node sends it.
-            if Withheld::is_token(&info.text) && !Withheld::is_token(text) {
+            if info.withheld && !Withheld::is_token(text) {
                 self.fingerprint_bytes = (self.fingerprint_bytes + text.len()).saturating_sub(info.text.len());
                 info.text = text.into();
+                info.withheld = false;
             }
             return (fp, false);
         }
@@ -411,7 +415,8 @@ impl Windows {
             return (OVERFLOW_FINGERPRINT, true);
         }
         self.fingerprint_bytes += FP_COST + text.len();
-        self.fingerprints.insert(fp, FpInfo { text: text.into(), method, last_seen: now });
+        let withheld = Withheld::is_token(text);
+        self.fingerprints.insert(fp, FpInfo { text: text.into(), withheld, method, last_seen: now });
         (fp, false)
     }
 
@@ -446,15 +451,22 @@ impl Windows {
         // Fingerprint and intern outside the bucket borrow.
         let statements = std::mem::take(&mut obs.statements);
         let mut rows = Vec::with_capacity(statements.len());
+        // A batch's rows are nearly all of one database: the last one
+        // interned is compared before the intern table is hashed.
+        let mut db: Option<Arc<str>> = None;
+        let mut database = |w: &mut Self, name: &str| match &db {
+            Some(d) if **d == *name => d.clone(),
+            _ => db.insert(w.intern(name)).clone(),
+        };
         for (key, stats) in statements {
             let (fp, _) = self.fingerprint(&key.text, now);
-            rows.push((fp, self.intern(&key.database), RowStats::from_statement(stats)));
+            rows.push((fp, database(self, &key.database), RowStats::from_statement(stats)));
         }
         let pgss = std::mem::take(&mut obs.db.statements);
         for (key, delta) in pgss {
             let (fp, _) = self.fingerprint(&key.text, now);
             let stats = RowStats { pgss: delta, queryid: Some(key.queryid), ..RowStats::default() };
-            rows.push((fp, self.intern(&key.database), stats));
+            rows.push((fp, database(self, &key.database), stats));
         }
         let tables: Vec<_> = std::mem::take(&mut obs.db.tables)
             .into_iter()
@@ -472,9 +484,7 @@ impl Windows {
         let (max_rel, max_locks, max_act) = (self.cfg.max_relations, self.cfg.max_locks, self.cfg.max_activity);
         let mut folded_rows = 0;
 
-        for (fp, _, stats) in &rows {
-            self.totals.add_query(*fp, &node, stats);
-        }
+        self.totals.add_queries(&node, rows.iter().map(|(fp, _, stats)| (*fp, stats)));
         for (k, d) in &tables {
             let series = TableSeries {
                 node: k.node.clone(),
@@ -982,6 +992,34 @@ mod tests {
         assert_eq!(only_b.queries.len(), 1);
         assert_eq!(only_b.queries[0].stats.calls, 1);
         assert_eq!(only_b.nodes.len(), 1);
+    }
+
+    /// One batch with statements of several databases, in the map's order:
+    /// each row keeps its own database (ingest remembers the last database
+    /// it interned; a stale one would put rows under the wrong name).
+    #[test]
+    fn a_batch_of_several_databases_keeps_each_rows_database() {
+        let mut w = Windows::new(WindowConfig::default());
+        let mut o = Observations::default();
+        let dbs = ["shop", "crm", "shop", "audit", "crm", "shop"];
+        for (i, db) in dbs.iter().enumerate() {
+            let text = format!("SELECT c{i} FROM t WHERE id = $1");
+            let key = StatementKey { database: (*db).into(), user: "app".into(), text: text.clone() };
+            o.statements.entry(key).or_default().record_call(Duration::from_micros(100), Some(T0), &text);
+        }
+        o.last_seen = Some(T0);
+        w.ingest(&res("a"), o, T0);
+        let s = w.snapshot(T0 - MINUTE_MS, T0 + MINUTE_MS, None);
+        let mut got: Vec<(String, String)> =
+            s.queries.iter().map(|q| (q.text.to_string(), q.database.to_string())).collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = dbs
+            .iter()
+            .enumerate()
+            .map(|(i, db)| (format!("SELECT c{i} FROM t WHERE id = $1"), (*db).to_owned()))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
     }
 
     /// A node that withholds query text and one that sends it merge per

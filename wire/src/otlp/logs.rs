@@ -157,8 +157,9 @@ fn decode_sample(r: &LogRecord, obs: &mut Observations) -> Result<bool, DecodeEr
             "text" => "text",
             other => return Err(invalid(format!("plan format {other:?} is neither json nor text"))),
         };
-        let d = attrs::opt_double(a, names::QW_PLAN_DURATION_MS, item)?
-            .ok_or(DecodeError::MissingAttribute { item: item.into(), attribute: names::QW_PLAN_DURATION_MS })?;
+        let d = attrs::opt_double(a, names::QW_PLAN_DURATION_MS, item)?.ok_or_else(|| {
+            DecodeError::MissingAttribute { item: item.into(), attribute: names::QW_PLAN_DURATION_MS }
+        })?;
         part.slowest_plan = Some(PlanSample {
             duration: ms(d)?,
             timestamp: attrs::opt_int(a, names::QW_PLAN_TIMESTAMP_MS, item)?,
@@ -177,7 +178,7 @@ fn decode_error(r: &LogRecord, obs: &mut Observations) -> Result<bool, DecodeErr
     let item = names::EVENT_QUERY_ERROR;
     let Some(key) = attrs::statement_key(&r.attributes, item)? else { return Ok(false) };
     let state = attrs::req_str(&r.attributes, names::DB_RESPONSE_STATUS_CODE, item)?.to_owned();
-    let message = body(r, item)?.ok_or(DecodeError::MissingField { item: item.into(), field: "body" })?;
+    let message = body(r, item)?.ok_or_else(|| DecodeError::MissingField { item: item.into(), field: "body" })?;
     let e = statement(obs, key).errors.entry(state).or_default();
     if e.message.is_empty() {
         e.message = message;

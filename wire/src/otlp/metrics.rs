@@ -1073,7 +1073,7 @@ pub(super) fn duration_stats(item: &str, p: &ExpView<'_>) -> Result<Option<State
         return Ok(None);
     }
     let field = |name: &'static str, v: Option<f64>| {
-        let v = v.ok_or(DecodeError::MissingField { item: item.into(), field: name })?;
+        let v = v.ok_or_else(|| DecodeError::MissingField { item: item.into(), field: name })?;
         attrs::duration_from_secs(v).ok_or_else(|| invalid(format!("{name} {v} is not a duration")))
     };
     let (total, min, max) = (field("sum", p.sum)?, field("min", p.min)?, field("max", p.max)?);

@@ -125,7 +125,7 @@ impl ResourceInfo {
         let a = resource.map_or(&[][..], |r| &r.attributes[..]);
         let text = |key| attrs::opt_str(a, key, ITEM).map(|v| v.unwrap_or_default().to_owned());
         let node = attrs::opt_str(a, names::QW_NODE, ITEM)?
-            .ok_or(DecodeError::MissingAttribute { item: ITEM.into(), attribute: names::QW_NODE })?
+            .ok_or_else(|| DecodeError::MissingAttribute { item: ITEM.into(), attribute: names::QW_NODE })?
             .to_owned();
         let server_port = match attrs::opt_int(a, names::SERVER_PORT, ITEM)? {
             None => None,
