@@ -69,6 +69,14 @@ try {
   check(sparks.every(s => s && s.points >= 10 && s.line.split(" ").length === s.points),
         `every statement row has a sparkline with ≥ 10 buckets (${sparks.map(s => s && s.points).join(", ")})`);
 
+  // A statement whose text its agent withheld: said in words, with the
+  // token (and so the fingerprint) in the tooltip only.
+  const texts = await page.$$eval("#queries tbody tr[data-fingerprint] code.stmt", cs => cs.map(c => ({ text: c.textContent, title: c.title })));
+  const withheld = texts.filter(c => c.text === "query text withheld by the agent");
+  check(withheld.length === 1 && withheld[0].title.startsWith("/* querywatch withheld fingerprint=00000000000000ab"),
+        `the withheld statement is shown as such (${JSON.stringify(withheld)})`);
+  check(!texts.some(c => c.text.includes("querywatch withheld")), "no statement shows a withheld-text token as its text");
+
   // Sorting: numeric columns descending on the first click, ascending on
   // the second; aria-sort follows.
   const column = async key => page.$$eval("#queries tbody tr[data-fingerprint]", (rows, k) => {

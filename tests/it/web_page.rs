@@ -32,13 +32,16 @@ const MINUTES: i64 = 20;
 const TOKEN: &str = "page-secret";
 
 /// (text, the nodes that run it, calls per minute, duration ms). Chosen so
-/// that the order by calls and the order by p95 differ.
-const STATEMENTS: [(&str, &[&str], u64, u64); 5] = [
+/// that the order by calls and the order by p95 differ. The last one is
+/// what an agent with `[export] query_text = "fingerprint"` sends instead
+/// of the text, and no other node sends its text.
+const STATEMENTS: [(&str, &[&str], u64, u64); 6] = [
     ("SELECT id, note FROM orders WHERE note LIKE $1", &["n1"], 6, 450),
     ("SELECT v FROM events WHERE k = $1 AND v = $2", &["n1", "n2", "n3"], 240, 2),
     ("INSERT INTO events (k, v) VALUES ($1, $2)", &["n1", "n2", "n3"], 120, 1),
     ("UPDATE accounts SET v = v + $1 WHERE id = $2", &["n2", "n3"], 30, 8),
     ("SELECT date_trunc($1, created_at), count(*) FROM orders GROUP BY 1", &["n3"], 1, 900),
+    ("/* querywatch withheld fingerprint=00000000000000ab method=parsed read_only=true */", &["n3"], 20, 15),
 ];
 
 fn repo() -> &'static Path {
