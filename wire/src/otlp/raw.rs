@@ -450,13 +450,28 @@ fn buckets(buf: &[u8], out: &mut Vec<(usize, u64)>) -> Option<i32> {
     Some(offset)
 }
 
+/// The attribute keys of a statement's data point, as the agent writes
+/// them: a key that is one of these needs no UTF-8 check (validating the
+/// five keys of every point was half of the decoder's `from_utf8`, itself
+/// 15% of its time).
+const KNOWN_KEYS: [&str; 5] =
+    [names::DB_NAMESPACE, names::QW_DB_USER, names::DB_QUERY_TEXT, names::DB_OPERATION_NAME, names::QW_SOURCE];
+
+/// An attribute key: one of [`KNOWN_KEYS`] by its bytes, else checked.
+fn key(bytes: &[u8]) -> Option<&str> {
+    match KNOWN_KEYS.iter().find(|k| k.as_bytes() == bytes) {
+        Some(k) => Some(k),
+        None => std::str::from_utf8(bytes).ok(),
+    }
+}
+
 /// `KeyValue` with a scalar value (or none).
 fn key_value(buf: &[u8]) -> Option<(&str, Option<Val<'_>>)> {
-    let mut key = "";
+    let mut key_name = "";
     let mut value = None;
     let mut seen_value = false;
     Reader::new(buf).fields(|r, tag, wire| match (tag, wire) {
-        (1, LEN) => r.string().map(|s| key = s),
+        (1, LEN) => key(r.len_delimited()?).map(|s| key_name = s),
         (2, LEN) if !seen_value => {
             seen_value = true;
             value = any_value(r.len_delimited()?)?;
@@ -466,7 +481,7 @@ fn key_value(buf: &[u8]) -> Option<(&str, Option<Val<'_>>)> {
         (3, VARINT) => r.skip(wire),
         _ => None,
     })?;
-    Some((key, value))
+    Some((key_name, value))
 }
 
 /// `AnyValue`: the value of its oneof, the last one set winning as in prost;
@@ -541,6 +556,16 @@ mod tests {
                 assert_eq!(leading_zeros(&b), at, "len {len}, first non-zero at {at}");
             }
         }
+    }
+
+    #[test]
+    fn known_keys_are_taken_by_their_bytes_others_are_checked() {
+        for k in KNOWN_KEYS {
+            assert_eq!(key(k.as_bytes()), Some(k));
+        }
+        assert_eq!(key(b"db.namespace2"), Some("db.namespace2"));
+        assert_eq!(key(b"db.name\xffspace"), None, "not UTF-8");
+        assert_eq!(key(b""), Some(""));
     }
 
     #[test]
