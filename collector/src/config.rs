@@ -7,6 +7,7 @@
 //! fix it.
 
 use crate::findings::{DetectorConfig, TrackerConfig};
+use crate::forward::ForwardConfig;
 use crate::receive::{ConnLimits, TlsFiles};
 use crate::window::WindowConfig;
 use serde::Deserialize;
@@ -41,6 +42,27 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub detect: RawDetect,
+    #[serde(default)]
+    pub forward: RawForward,
+}
+
+/// `[forward]`: push the collector's own metrics over OTLP/HTTP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    /// OTLP/HTTP receiver: the full URL (`http://otel:4318/v1/metrics`) or
+    /// its base (`http://otel:4318`, `/v1/metrics` is added). Unset: off.
+    pub endpoint: Option<String>,
+    /// How often to push (default 60s).
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Time allowed for one push (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Bearer token sent with each push (default: none).
+    pub token: Option<String>,
+    /// `gzip` (default) or `none`.
+    pub compression: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +186,7 @@ pub struct Config {
     pub detectors: DetectorConfig,
     pub tracker: TrackerConfig,
     pub log_findings: bool,
+    pub forward: Option<ForwardConfig>,
 }
 
 /// Default `[store] memory_limit_mb`: the collector's memory budget.
@@ -295,6 +318,7 @@ impl Config {
         if detect_window < Duration::from_secs(60) {
             return Err(invalid("detect.window", "must be at least 1m (one bucket)"));
         }
+        let forward = forward(file.forward)?;
         Ok(Config {
             grpc,
             otlp_http,
@@ -313,8 +337,42 @@ impl Config {
             detectors: file.detect.thresholds,
             tracker: file.detect.findings,
             log_findings: file.detect.log_findings.unwrap_or(true),
+            forward,
         })
     }
+}
+
+fn forward(f: RawForward) -> Result<Option<ForwardConfig>, ConfigError> {
+    let Some(endpoint) = f.endpoint else {
+        if f.interval.is_some() || f.timeout.is_some() || f.token.is_some() || f.compression.is_some() {
+            return Err(invalid("forward.endpoint", "is not set, so the other [forward] keys do nothing: set it"));
+        }
+        return Ok(None);
+    };
+    let url = reqwest::Url::parse(&endpoint)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            invalid("forward.endpoint", format!("`{endpoint}` is not an http(s) URL: write e.g. http://otel:4318"))
+        })?;
+    let url = if matches!(url.path(), "" | "/") { format!("{}v1/metrics", url.as_str()) } else { url.to_string() };
+    let interval = f.interval.unwrap_or(Duration::from_secs(60));
+    if interval < Duration::from_secs(1) {
+        return Err(invalid("forward.interval", "must be at least 1s"));
+    }
+    let timeout = f.timeout.unwrap_or(Duration::from_secs(10));
+    if timeout.is_zero() {
+        return Err(invalid("forward.timeout", "must be more than 0s"));
+    }
+    if f.token.as_deref().is_some_and(str::is_empty) {
+        return Err(invalid("forward.token", "is empty: remove it to push without a token"));
+    }
+    let gzip = match f.compression.as_deref() {
+        None | Some("gzip") => true,
+        Some("none") => false,
+        Some(other) => return Err(invalid("forward.compression", format!("{other:?}: use gzip or none"))),
+    };
+    Ok(Some(ForwardConfig { url, interval, timeout, token: f.token, gzip }))
 }
 
 #[cfg(test)]
@@ -381,6 +439,33 @@ mod tests {
         assert!(err.contains("token"), "{err}");
         let defaults: RawConfig = toml::from_str(&text).unwrap();
         assert!(Config::resolve(defaults, &Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn forward_is_off_by_default_and_its_keys_are_checked() {
+        let resolve = |text: &str| Config::resolve(toml::from_str(text).unwrap(), &Overrides::default());
+        assert!(resolve("").unwrap().forward.is_none());
+        let c = resolve("[forward]\nendpoint = \"http://otel:4318\"\n").unwrap().forward.unwrap();
+        assert_eq!(c.url, "http://otel:4318/v1/metrics");
+        assert_eq!(
+            (c.interval, c.timeout, c.gzip, c.token),
+            (Duration::from_secs(60), Duration::from_secs(10), true, None)
+        );
+        let c = resolve("[forward]\nendpoint = \"https://p:9090/api/v1/otlp/v1/metrics\"\ncompression = \"none\"\n")
+            .unwrap()
+            .forward
+            .unwrap();
+        assert_eq!((c.url.as_str(), c.gzip), ("https://p:9090/api/v1/otlp/v1/metrics", false));
+        for (text, field) in [
+            ("[forward]\nendpoint = \"otel:4318\"\n", "forward.endpoint"),
+            ("[forward]\ninterval = \"5s\"\n", "forward.endpoint"),
+            ("[forward]\nendpoint = \"http://o\"\ninterval = \"100ms\"\n", "forward.interval"),
+            ("[forward]\nendpoint = \"http://o\"\ncompression = \"zstd\"\n", "forward.compression"),
+            ("[forward]\nendpoint = \"http://o\"\ntoken = \"\"\n", "forward.token"),
+        ] {
+            let e = resolve(text).unwrap_err().to_string();
+            assert!(e.starts_with(field), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -17,13 +17,16 @@
 //! - [`config`] — the collector's configuration (TOML and flags).
 //! - [`serve`] — the running collector: receiver → queue → store, detection
 //!   passes, the HTTP listener.
-//! - [`api`] — `/api/v1/*`, `/healthz`, `/readyz`; [`metrics`] — `/metrics`;
-//!   [`page`] — the built-in web page.
+//! - [`api`] — `/api/v1/*`, `/healthz`, `/readyz`; [`metrics`] — `/metrics`,
+//!   built as an [`exposition`] of families; [`forward`] — the same
+//!   families pushed over OTLP/HTTP; [`page`] — the built-in web page.
 //! - [`report`] — the offline report of `analyze`, text and JSON.
 pub mod api;
 pub mod config;
+pub mod exposition;
 pub mod findings;
 pub mod fingerprint;
+pub mod forward;
 pub mod load;
 pub mod metrics;
 pub mod page;

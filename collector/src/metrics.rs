@@ -16,51 +16,11 @@
 //! Label cardinality is bounded by `[store] metrics_fingerprints` ×
 //! nodes, `metrics_relations`, and the open-findings cap.
 
+use crate::exposition::{Exposition, Kind};
 use crate::serve::{Shared, lock};
 use crate::totals::{LATENCY_BUCKETS, SeriesFingerprint};
 use querywatch_wire::stats::EpochMillis;
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
-
-/// Escapes a label value (backslash, double quote, newline).
-fn esc(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Writes `# HELP` and `# TYPE` once per metric family.
-struct Out {
-    text: String,
-}
-
-impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                let _ = write!(self.text, "{k}=\"{}\"", esc(v));
-            }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {value}");
-    }
-}
 
 #[allow(clippy::cast_precision_loss)] // counters exposed as floats, as Prometheus stores them
 fn f(v: u64) -> f64 {
@@ -73,9 +33,14 @@ fn label_text(t: &str) -> String {
     if flat.chars().count() <= 200 { flat } else { flat.chars().take(197).collect::<String>() + "..." }
 }
 
-/// The whole exposition.
+/// The whole exposition as Prometheus text.
 pub fn render(s: &Shared, now: EpochMillis) -> String {
-    let mut o = Out { text: String::with_capacity(64 * 1024) };
+    exposition(s, now).text()
+}
+
+/// Every family `/metrics` shows (and `[forward]` sends).
+pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
+    let mut o = Exposition::default();
     {
         let w = lock(&s.windows);
         let t = &w.totals;
@@ -103,13 +68,13 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
             }),
         ];
         for (name, help, get) in counters {
-            o.family(name, "counter", help);
+            o.family(name, Kind::Counter, help);
             for (k, node, v) in &q {
                 o.sample(name, &[("fingerprint", &fp_label(k)), ("node", node)], get(v));
             }
         }
         let name = "querywatch_query_duration_seconds";
-        o.family(name, "histogram", "Logged statement durations.");
+        o.family(name, Kind::Histogram, "Logged statement durations.");
         for (k, node, v) in &q {
             let fp = fp_label(k);
             let mut cum = 0;
@@ -128,7 +93,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         }
         o.family(
             "querywatch_query_info",
-            "gauge",
+            Kind::Gauge,
             "The normalized text of each fingerprint with its own series (value 1).",
         );
         let mut fps: Vec<_> = q
@@ -164,7 +129,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
             }),
         ];
         for (name, help, get) in tcounters {
-            o.family(name, "counter", help);
+            o.family(name, Kind::Counter, help);
             for (k, v) in &tables {
                 let labels = [
                     ("node", &*k.node),
@@ -178,19 +143,19 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
 
         let mut nodes: Vec<_> = t.nodes.iter().collect();
         nodes.sort_by(|a, b| a.0.cmp(b.0));
-        o.family("querywatch_node_time_seconds_total", "counter", "Database time per node.");
+        o.family("querywatch_node_time_seconds_total", Kind::Counter, "Database time per node.");
         for (n, v) in &nodes {
             o.sample("querywatch_node_time_seconds_total", &[("node", n)], v.time);
         }
-        o.family("querywatch_node_calls_total", "counter", "Executions per node.");
+        o.family("querywatch_node_calls_total", Kind::Counter, "Executions per node.");
         for (n, v) in &nodes {
             o.sample("querywatch_node_calls_total", &[("node", n)], f(v.calls));
         }
-        o.family("querywatch_node_batches_total", "counter", "Batches received per node.");
+        o.family("querywatch_node_batches_total", Kind::Counter, "Batches received per node.");
         for (n, v) in &nodes {
             o.sample("querywatch_node_batches_total", &[("node", n)], f(v.batches));
         }
-        o.family("querywatch_node_last_seen_timestamp_seconds", "gauge", "When the node's agent last sent data.");
+        o.family("querywatch_node_last_seen_timestamp_seconds", Kind::Gauge, "When the node's agent last sent data.");
         #[allow(clippy::cast_precision_loss)]
         for (n, v) in &nodes {
             o.sample("querywatch_node_last_seen_timestamp_seconds", &[("node", n)], v.last_seen as f64 / 1000.0);
@@ -212,7 +177,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
             }),
         ];
         for (name, help, get) in agent {
-            o.family(name, "counter", help);
+            o.family(name, Kind::Counter, help);
             for (n, v) in &nodes {
                 o.sample(name, &[("node", n)], f(get(&v.rest.input)));
             }
@@ -246,13 +211,13 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
             }),
         ];
         for (name, help, get) in health {
-            o.family(name, "counter", help);
+            o.family(name, Kind::Counter, help);
             for (n, v) in &nodes {
                 o.sample(name, &[("node", n)], f(get(&v.rest.agent)));
             }
         }
         let name = "querywatch_agent_export_failures_total";
-        o.family(name, "counter", "Export requests of the node's agent that failed, by class.");
+        o.family(name, Kind::Counter, "Export requests of the node's agent that failed, by class.");
         for (n, v) in &nodes {
             let h = &v.rest.agent;
             for (class, x) in [
@@ -278,7 +243,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
             ),
         ];
         for (name, help, get) in gauges {
-            o.family(name, "gauge", help);
+            o.family(name, Kind::Gauge, help);
             for (n, v) in &nodes {
                 if let Some(x) = get(&v.rest.agent) {
                     o.sample(name, &[("node", n)], f(x));
@@ -287,7 +252,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         }
         o.family(
             "querywatch_agent_overflow_calls_total",
-            "counter",
+            Kind::Counter,
             "Calls the node's agent folded into <other> (its caps).",
         );
         for (n, v) in &nodes {
@@ -295,37 +260,37 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         }
 
         let h = w.health();
-        o.family("querywatch_collector_store_fingerprints", "gauge", "Fingerprints tracked.");
+        o.family("querywatch_collector_store_fingerprints", Kind::Gauge, "Fingerprints tracked.");
         o.sample("querywatch_collector_store_fingerprints", &[], h.fingerprints as f64);
         o.family(
             "querywatch_collector_store_fingerprints_limit",
-            "gauge",
+            Kind::Gauge,
             "Fingerprints tracked at most ([store] max_fingerprints).",
         );
         o.sample("querywatch_collector_store_fingerprints_limit", &[], w.config().max_fingerprints as f64);
-        o.family("querywatch_collector_store_rows", "gauge", "Rows (fingerprint, database, node, bucket) held.");
+        o.family("querywatch_collector_store_rows", Kind::Gauge, "Rows (fingerprint, database, node, bucket) held.");
         o.sample("querywatch_collector_store_rows", &[], h.rows as f64);
-        o.family("querywatch_collector_store_bytes", "gauge", "Estimated bytes the store's buckets hold.");
+        o.family("querywatch_collector_store_bytes", Kind::Gauge, "Estimated bytes the store's buckets hold.");
         o.sample("querywatch_collector_store_bytes", &[], h.estimated_bytes as f64);
         o.family(
             "querywatch_collector_store_bytes_limit",
-            "gauge",
+            Kind::Gauge,
             "The store's memory limit: its share of [store] memory_limit_mb.",
         );
         o.sample("querywatch_collector_store_bytes_limit", &[], w.config().memory_limit as f64);
         if let Some(rss) = resident_bytes() {
             o.family(
                 "process_resident_memory_bytes",
-                "gauge",
+                Kind::Gauge,
                 "The collector's resident set size (to compare with [store] memory_limit_mb).",
             );
             o.sample("process_resident_memory_bytes", &[], rss as f64);
         }
-        o.family("querywatch_collector_nodes", "gauge", "Nodes tracked.");
+        o.family("querywatch_collector_nodes", Kind::Gauge, "Nodes tracked.");
         o.sample("querywatch_collector_nodes", &[], h.nodes as f64);
         o.family(
             "querywatch_collector_overflow",
-            "gauge",
+            Kind::Gauge,
             "What the caps folded into <other> within the retained range, by kind.",
         );
         for (kind, v) in [
@@ -337,7 +302,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         ] {
             o.sample("querywatch_collector_overflow", &[("kind", kind)], f(v));
         }
-        o.family("querywatch_collector_store_events_total", "counter", "Store events that lose detail, by kind.");
+        o.family("querywatch_collector_store_events_total", Kind::Counter, "Store events that lose detail, by kind.");
         for (kind, v) in [
             ("too_old_batches", h.too_old_batches),
             ("evicted_rollups", h.evicted_rollups),
@@ -347,7 +312,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         ] {
             o.sample("querywatch_collector_store_events_total", &[("kind", kind)], f(v));
         }
-        o.family("querywatch_collector_fingerprint_cache_total", "counter", "Fingerprint cache lookups by result.");
+        o.family("querywatch_collector_fingerprint_cache_total", Kind::Counter, "Fingerprint cache lookups by result.");
         for (result, v) in [
             ("hit", h.fingerprint_cache_hits),
             ("miss", h.fingerprint_cache_misses),
@@ -355,7 +320,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         ] {
             o.sample("querywatch_collector_fingerprint_cache_total", &[("result", result)], f(v));
         }
-        o.family("querywatch_collector_batches_total", "counter", "Batches merged into the store.");
+        o.family("querywatch_collector_batches_total", Kind::Counter, "Batches merged into the store.");
         o.sample("querywatch_collector_batches_total", &[], f(h.batches));
     }
 
@@ -363,7 +328,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         let d = lock(&s.detect);
         o.family(
             "querywatch_partition_load_share",
-            "gauge",
+            Kind::Gauge,
             "A partition's share of its parent's scans + tuples over the detection window.",
         );
         for p in &d.partitions {
@@ -382,7 +347,7 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         }
         o.family(
             "querywatch_partition_skew_ratio",
-            "gauge",
+            Kind::Gauge,
             "Busiest partition's load over the mean partition's, per parent and node.",
         );
         for p in &d.partitions {
@@ -391,13 +356,13 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         }
         o.family(
             "querywatch_node_load_share",
-            "gauge",
+            Kind::Gauge,
             "A node's share of the cluster's database time over the detection window.",
         );
         for n in &d.nodes {
             o.sample("querywatch_node_load_share", &[("node", &n.node)], n.share);
         }
-        o.family("querywatch_finding", "gauge", "One series per open finding (value 1).");
+        o.family("querywatch_finding", Kind::Gauge, "One series per open finding (value 1).");
         for fi in d.tracker.findings().filter(|f| f.is_open()) {
             let sev =
                 serde_json::to_value(fi.severity).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
@@ -414,27 +379,46 @@ pub fn render(s: &Shared, now: EpochMillis) -> String {
         }
         #[allow(clippy::cast_precision_loss)]
         {
-            o.family("querywatch_collector_detect_last_run_timestamp_seconds", "gauge", "When detectors last ran.");
+            o.family("querywatch_collector_detect_last_run_timestamp_seconds", Kind::Gauge, "When detectors last ran.");
             o.sample("querywatch_collector_detect_last_run_timestamp_seconds", &[], d.at as f64 / 1000.0);
         }
     }
-    o.family("querywatch_collector_detect_duration_seconds", "gauge", "How long the latest detection pass took.");
+    o.family("querywatch_collector_detect_duration_seconds", Kind::Gauge, "How long the latest detection pass took.");
     #[allow(clippy::cast_precision_loss)]
     o.sample("querywatch_collector_detect_duration_seconds", &[], s.detect_micros.load(Ordering::Relaxed) as f64 / 1e6);
-    o.family("querywatch_collector_queue_batches", "gauge", "Decoded batches waiting for the store.");
+    o.family("querywatch_collector_queue_batches", Kind::Gauge, "Decoded batches waiting for the store.");
     o.sample("querywatch_collector_queue_batches", &[], f(s.queued.load(Ordering::Relaxed)));
     o.family(
         "querywatch_collector_queue_capacity",
-        "gauge",
+        Kind::Gauge,
         "Batches the queue holds; when full, senders are told to retry (HTTP 503 / gRPC UNAVAILABLE).",
     );
     o.sample("querywatch_collector_queue_capacity", &[], s.queue_capacity as f64);
-    crate::receive::render_metrics(&s.ingest, &mut o.text);
-    o.family("querywatch_collector_start_timestamp_seconds", "gauge", "When the collector started.");
+    crate::receive::render_metrics(&s.ingest, &mut o);
+    let fw = &s.forward;
+    let forward = [
+        (
+            "querywatch_collector_forward_requests_total",
+            "Pushes of these metrics to [forward] endpoint, by result.",
+            [("ok", &fw.ok), ("failed", &fw.failed)],
+        ),
+        (
+            "querywatch_collector_forward_data_points_total",
+            "Data points pushed to [forward] endpoint: accepted, or rejected by the receiver (OTLP partial success).",
+            [("accepted", &fw.points), ("rejected", &fw.rejected_points)],
+        ),
+    ];
+    for (name, help, results) in forward {
+        o.family(name, Kind::Counter, help);
+        for (result, n) in results {
+            o.sample(name, &[("result", result)], f(n.load(Ordering::Relaxed)));
+        }
+    }
+    o.family("querywatch_collector_start_timestamp_seconds", Kind::Gauge, "When the collector started.");
     #[allow(clippy::cast_precision_loss)]
     o.sample("querywatch_collector_start_timestamp_seconds", &[], s.started as f64 / 1000.0);
     let _ = now;
-    o.text
+    o
 }
 
 /// The process's resident set size, from `/proc/self/statm` (Linux; `None`
@@ -444,17 +428,4 @@ fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        let mut o = Out { text: String::new() };
-        o.sample("m", &[("k", "v\"")], 1.5);
-        assert_eq!(o.text, "m{k=\"v\\\"\"} 1.5\n");
-    }
 }

@@ -59,6 +59,8 @@ pub struct Shared {
     pub detect_passes: AtomicU64,
     /// Detection pass duration, µs, of the latest pass.
     pub detect_micros: AtomicU64,
+    /// What `[forward]` did (all zero when it is off).
+    pub forward: crate::forward::ForwardCounters,
 }
 
 /// Milliseconds since the epoch, now.
@@ -189,6 +191,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         started: now_ms(),
         detect_passes: AtomicU64::new(0),
         detect_micros: AtomicU64::new(0),
+        forward: crate::forward::ForwardCounters::default(),
         config,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -236,6 +239,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             }
         }
     });
+
+    if let Some(cfg) = shared.config.forward.clone() {
+        tasks.spawn(crate::forward::run(shared.clone(), cfg, stopped(stop_rx.clone())));
+    }
 
     let app = crate::api::router(shared.clone());
     let stop = stop_rx.clone();

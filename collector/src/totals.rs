@@ -251,7 +251,11 @@ mod tests {
         assert_eq!(t.query(SeriesFingerprint::One(Fingerprint(2)), &n).unwrap().calls, 1);
         assert_eq!(t.query(SeriesFingerprint::Other, &n).unwrap().calls, 1, "other never goes down");
         assert_eq!(t.query_series().len(), 2);
-        assert_eq!(t.nodes[&n].calls, 4);
+        // The evicted fingerprint comes back: it has no series any more.
+        t.add_queries(&n, [(Fingerprint(1), &stats(&[5]))]);
+        assert!(t.query(SeriesFingerprint::One(Fingerprint(1)), &n).is_none());
+        assert_eq!(t.query(SeriesFingerprint::Other, &n).unwrap().calls, 2);
+        assert_eq!(t.nodes[&n].calls, 5);
     }
 
     #[test]

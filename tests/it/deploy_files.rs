@@ -39,9 +39,7 @@ fn venv_bin(test: &str, name: &str) -> Option<PathBuf> {
         "{} is missing: run scripts/deps.sh (it installs check-jsonschema and kubernetes-validate into target/pyenv)",
         p.display()
     );
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    assert!(!ci, "{test}: {why}");
-    eprintln!("{test}: SKIPPED because {why}");
+    crate::support::missing_tool(test, &why);
     None
 }
 

@@ -13,6 +13,7 @@ mod check;
 mod collector_e2e;
 mod deploy_files;
 mod formats;
+mod forward;
 mod mtls;
 mod privacy;
 mod prometheus_live;

@@ -105,6 +105,29 @@ def exp_point(p):
     }
 
 
+def hist_point(p):
+    return {
+        "attributes": attributes(p.attributes),
+        "start": p.start_time_unix_nano,
+        "time": p.time_unix_nano,
+        "count": p.count,
+        "sum": optional(p, "sum"),
+        "bucket_counts": list(p.bucket_counts),
+        "explicit_bounds": [bits(b) for b in p.explicit_bounds],
+    }
+
+
+def summary_point(p):
+    return {
+        "attributes": attributes(p.attributes),
+        "start": p.start_time_unix_nano,
+        "time": p.time_unix_nano,
+        "count": p.count,
+        "sum": bits(p.sum),
+        "quantiles": [[bits(q.quantile), bits(q.value)] for q in p.quantile_values],
+    }
+
+
 def metric(m):
     kind = m.WhichOneof("data")
     out = {"name": m.name, "unit": m.unit, "description": m.description, "kind": kind}
@@ -119,6 +142,12 @@ def metric(m):
     elif kind == "exponential_histogram":
         out["temporality"] = temporality(data.aggregation_temporality)
         out["points"] = [exp_point(p) for p in data.data_points]
+    elif kind == "histogram":
+        # The collector's [forward] push (the agent sends none).
+        out["temporality"] = temporality(data.aggregation_temporality)
+        out["points"] = [hist_point(p) for p in data.data_points]
+    elif kind == "summary":
+        out["points"] = [summary_point(p) for p in data.data_points]
     else:
         raise ValueError(f"{m.name}: querywatch does not send {kind}")
     return out

@@ -4,6 +4,7 @@
 //! exposes them (`/metrics`, `/api/v1/*`); [`IngestCounters::snapshot`]
 //! copies them into a plain struct.
 
+use crate::exposition::{Exposition, Kind};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::sync::Mutex;
@@ -199,77 +200,71 @@ impl IngestCounters {
     }
 }
 
-/// Appends the receiver's counters to a Prometheus text exposition:
+/// Appends the receiver's counters to the collector's exposition:
 /// `querywatch_collector_ingest_*`, base units, `_total` for counters.
 /// Every label value is written, zeros included, so rates work from the
 /// first scrape.
-pub fn render_metrics(counters: &IngestCounters, out: &mut String) {
-    use std::fmt::Write;
+#[allow(clippy::cast_precision_loss)] // counters exposed as floats, as Prometheus stores them
+pub fn render_metrics(counters: &IngestCounters, out: &mut Exposition) {
     let s = counters.snapshot();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    let mut family = |name: &str, help: &str, samples: &[(&[(&str, &str)], u64)]| {
+        out.family(name, Kind::Counter, help);
         for (labels, v) in samples {
-            let _ =
-                if labels.is_empty() { writeln!(out, "{name} {v}") } else { writeln!(out, "{name}{{{labels}}} {v}") };
+            out.sample(name, labels, *v as f64);
         }
     };
     let r = &s.requests;
+    let (grpc, http) = ("grpc", "http");
     family(
         "querywatch_collector_ingest_requests_total",
-        "counter",
         "OTLP export requests received, by transport and signal.",
         &[
-            ("transport=\"grpc\",signal=\"metrics\"", r.grpc_metrics),
-            ("transport=\"grpc\",signal=\"logs\"", r.grpc_logs),
-            ("transport=\"http\",signal=\"metrics\"", r.http_metrics),
-            ("transport=\"http\",signal=\"logs\"", r.http_logs),
+            (&[("transport", grpc), ("signal", "metrics")], r.grpc_metrics),
+            (&[("transport", grpc), ("signal", "logs")], r.grpc_logs),
+            (&[("transport", http), ("signal", "metrics")], r.http_metrics),
+            (&[("transport", http), ("signal", "logs")], r.http_logs),
         ],
     );
     family(
         "querywatch_collector_ingest_data_points_total",
-        "counter",
         "Data points received: accepted into the store, or ignored as not querywatch data.",
-        &[("result=\"accepted\"", s.data_points_accepted), ("result=\"ignored\"", s.data_points_ignored)],
+        &[(&[("result", "accepted")], s.data_points_accepted), (&[("result", "ignored")], s.data_points_ignored)],
     );
     family(
         "querywatch_collector_ingest_log_records_total",
-        "counter",
         "Log records received: accepted into the store, or ignored as not querywatch data.",
-        &[("result=\"accepted\"", s.log_records_accepted), ("result=\"ignored\"", s.log_records_ignored)],
+        &[(&[("result", "accepted")], s.log_records_accepted), (&[("result", "ignored")], s.log_records_ignored)],
     );
     family(
         "querywatch_collector_ingest_batches_total",
-        "counter",
         "Decoded batches (one per resource) handed to the store.",
-        &[("", s.batches_queued)],
+        &[(&[], s.batches_queued)],
     );
     let x = &s.rejected;
     family(
         "querywatch_collector_ingest_rejected_total",
-        "counter",
         "OTLP requests refused, by reason.",
         &[
-            ("reason=\"unauthenticated\"", x.unauthenticated),
-            ("reason=\"too_large\"", x.too_large),
-            ("reason=\"malformed\"", x.malformed),
-            ("reason=\"throttled\"", x.throttled),
-            ("reason=\"unsupported\"", x.unsupported),
+            (&[("reason", "unauthenticated")], x.unauthenticated),
+            (&[("reason", "too_large")], x.too_large),
+            (&[("reason", "malformed")], x.malformed),
+            (&[("reason", "throttled")], x.throttled),
+            (&[("reason", "unsupported")], x.unsupported),
         ],
     );
     family(
         "querywatch_collector_ingest_received_bytes_total",
-        "counter",
         "Request bytes received (HTTP: body as sent; gRPC: decoded message size).",
-        &[("", s.bytes_received)],
+        &[(&[], s.bytes_received)],
     );
     let l = &s.latency;
     let name = "querywatch_collector_ingest_duration_seconds";
-    let _ = writeln!(out, "# HELP {name} Time to handle an OTLP request that reached decoding (quantile 1 = max).");
-    let _ = writeln!(out, "# TYPE {name} summary");
+    out.family(name, Kind::Summary, "Time to handle an OTLP request that reached decoding (quantile 1 = max).");
     for (q, v) in [("0.5", l.p50_seconds), ("0.99", l.p99_seconds), ("1", l.max_seconds)] {
-        let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {v}");
+        out.sample(name, &[("quantile", q)], v);
     }
-    let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", l.sum_seconds, l.count);
+    out.sample(&format!("{name}_sum"), &[], l.sum_seconds);
+    out.sample(&format!("{name}_count"), &[], l.count as f64);
 }
 
 /// [`IngestCounters`] at one moment, for `/metrics` and the JSON API.
@@ -349,8 +344,9 @@ mod tests {
         assert!((s.latency.max_seconds - 600.0).abs() < 6.0, "{:?}", s.latency);
         assert_eq!(IngestCounters::new().snapshot().latency, LatencySummary::default());
 
-        let mut text = String::new();
-        render_metrics(&c, &mut text);
+        let mut e = Exposition::default();
+        render_metrics(&c, &mut e);
+        let text = e.text();
         for line in [
             "querywatch_collector_ingest_requests_total{transport=\"grpc\",signal=\"metrics\"} 1",
             "querywatch_collector_ingest_requests_total{transport=\"grpc\",signal=\"logs\"} 0",

@@ -14,3 +14,12 @@ pub mod report;
 pub mod workload;
 
 pub use cluster::{ClusterOptions, PgCluster, fixtures_dir, skip_pg, workload_dir};
+
+/// A tool a test needs is missing (`why` says which and how to install it):
+/// under `CI=true` that is a failure, never a skip; elsewhere the test says
+/// loudly that it is skipped, and the caller returns.
+pub fn missing_tool(test: &str, why: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(!ci, "{test}: {why}");
+    eprintln!("{test}: SKIPPED because {why}");
+}
