@@ -18,6 +18,7 @@ use axum::routing::get;
 use querywatch_wire::stats::EpochMillis;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -369,10 +370,17 @@ async fn query(
     };
     let mut all = RowStats::default();
     let mut per_node = Vec::new();
+    // A node's row merges its databases: list them from the unmerged rows
+    // (the detail answer's `databases` were always empty before).
+    let mut databases: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for q in snap.queries.iter().filter(|q| q.fingerprint == fp) {
+        databases.entry(&q.node).or_default().insert(q.database.to_string());
+    }
     for r in snap.by_fingerprint_and_node().iter().filter(|r| r.fingerprint == fp) {
         all.merge(&r.stats);
         let mut n = summary(fp, &r.text, r.method, &r.stats, total);
         n.nodes = vec![r.node.to_string()];
+        n.databases = databases.get(&*r.node).map(|d| d.iter().cloned().collect()).unwrap_or_default();
         per_node.push(n);
     }
     per_node.sort_by(|a, b| a.nodes.cmp(&b.nodes));
@@ -418,6 +426,7 @@ async fn query(
         .collect();
     let mut head = summary(fp, &text, method, &all, total);
     head.nodes = per_node.iter().flat_map(|n| n.nodes.clone()).collect();
+    head.databases = databases.into_values().flatten().collect::<BTreeSet<_>>().into_iter().collect();
     axum::Json(json!({
         "from": snap.from, "to": snap.to, "query": head, "per_node": per_node, "series": series,
         "slowest": sample, "plan": plan, "errors": errors, "findings": findings,

@@ -15,6 +15,7 @@ mod deploy_files;
 mod formats;
 mod forward;
 mod mtls;
+mod openapi;
 mod privacy;
 mod prometheus_live;
 mod prometheus_rules;
