@@ -23,6 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// The API's OpenAPI 3.1 document (tests/it/openapi.rs checks it).
+const OPENAPI: &str = include_str!("../openapi.json");
+
 /// Routes of the HTTP listener.
 pub fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
@@ -37,6 +40,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // The API's description, open like the page that reads the API.
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .merge(api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see the README's API section") })
         .with_state(shared)

@@ -168,4 +168,7 @@ fn the_openapi_document_lists_every_route_and_matches_live_answers() {
     c.check("/api/v1/partitions", "/api/v1/partitions?range=soon", 400);
     let n = c.check("/api/v1/nodes", "/api/v1/nodes", 200);
     assert_eq!(n["nodes"][0]["node"], "n1", "{n}");
+    let (status, served) = http_get(&c.api, "/openapi.json");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&served).unwrap(), c.spec, "the collector serves this very document");
 }
