@@ -355,7 +355,11 @@ fn forward(f: RawForward) -> Result<Option<ForwardConfig>, ConfigError> {
         .ok_or_else(|| {
             invalid("forward.endpoint", format!("`{endpoint}` is not an http(s) URL: write e.g. http://otel:4318"))
         })?;
-    let url = if matches!(url.path(), "" | "/") { format!("{}v1/metrics", url.as_str()) } else { url.to_string() };
+    let mut url = url;
+    if matches!(url.path(), "" | "/") {
+        url.set_path("/v1/metrics");
+    }
+    let url = url.to_string();
     let interval = f.interval.unwrap_or(Duration::from_secs(60));
     if interval < Duration::from_secs(1) {
         return Err(invalid("forward.interval", "must be at least 1s"));
@@ -366,6 +370,11 @@ fn forward(f: RawForward) -> Result<Option<ForwardConfig>, ConfigError> {
     }
     if f.token.as_deref().is_some_and(str::is_empty) {
         return Err(invalid("forward.token", "is empty: remove it to push without a token"));
+    }
+    if let Some(t) = &f.token
+        && reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).is_err()
+    {
+        return Err(invalid("forward.token", "has characters an HTTP header cannot carry (a newline?)"));
     }
     let gzip = match f.compression.as_deref() {
         None | Some("gzip") => true,
@@ -456,12 +465,15 @@ mod tests {
             .forward
             .unwrap();
         assert_eq!((c.url.as_str(), c.gzip), ("https://p:9090/api/v1/otlp/v1/metrics", false));
+        let c = resolve("[forward]\nendpoint = \"http://otel:4318/?tenant=a\"\n").unwrap().forward.unwrap();
+        assert_eq!(c.url, "http://otel:4318/v1/metrics?tenant=a", "the path goes before the query");
         for (text, field) in [
             ("[forward]\nendpoint = \"otel:4318\"\n", "forward.endpoint"),
             ("[forward]\ninterval = \"5s\"\n", "forward.endpoint"),
             ("[forward]\nendpoint = \"http://o\"\ninterval = \"100ms\"\n", "forward.interval"),
             ("[forward]\nendpoint = \"http://o\"\ncompression = \"zstd\"\n", "forward.compression"),
             ("[forward]\nendpoint = \"http://o\"\ntoken = \"\"\n", "forward.token"),
+            ("[forward]\nendpoint = \"http://o\"\ntoken = \"a\\nb\"\n", "forward.token"),
         ] {
             let e = resolve(text).unwrap_err().to_string();
             assert!(e.starts_with(field), "{text}: {e}");

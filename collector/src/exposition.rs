@@ -33,6 +33,9 @@ pub struct Sample {
     pub name: String,
     pub labels: Vec<(String, String)>,
     pub value: f64,
+    /// When a cumulative series began counting (ms), if not when the
+    /// collector started. Not part of the text format; OTLP sends it.
+    pub start: Option<i64>,
 }
 
 /// A family: `# HELP`, `# TYPE` and its samples.
@@ -59,9 +62,18 @@ impl Exposition {
     /// A sample of the family started last (none started: dropped, a bug
     /// the tests would show as a missing series).
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.push(name, labels, value, None);
+    }
+
+    /// A sample of a cumulative series that began counting at `start` (ms).
+    pub fn sample_since(&mut self, name: &str, labels: &[(&str, &str)], value: f64, start: i64) {
+        self.push(name, labels, value, Some(start));
+    }
+
+    fn push(&mut self, name: &str, labels: &[(&str, &str)], value: f64, start: Option<i64>) {
         if let Some(f) = self.families.last_mut() {
             let labels = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-            f.samples.push(Sample { name: name.into(), labels, value });
+            f.samples.push(Sample { name: name.into(), labels, value, start });
         }
     }
 

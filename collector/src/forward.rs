@@ -68,36 +68,44 @@ fn attributes(labels: &[(String, String)]) -> Vec<KeyValue> {
 fn number(s: &Sample, start: u64, now: u64) -> NumberDataPoint {
     NumberDataPoint {
         attributes: attributes(&s.labels),
-        start_time_unix_nano: start,
+        start_time_unix_nano: s.start.map_or(start, nanos),
         time_unix_nano: now,
         value: Some(number_data_point::Value::AsDouble(s.value)),
         ..NumberDataPoint::default()
     }
 }
 
-/// A histogram's or summary's samples grouped into series by their labels
-/// without `le`/`quantile`: (the `le` or `quantile` values with the sample
-/// values, `_sum`, `_count`).
-type Series = BTreeMap<Vec<(String, String)>, (Vec<(f64, f64)>, f64, f64)>;
+/// One histogram or summary series: the `le` or `quantile` values with the
+/// sample values, `_sum`, `_count`, and when it began counting (ms).
+#[derive(Default)]
+struct Series {
+    points: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+    start: Option<i64>,
+}
 
-fn series(f: &Family, by: &str) -> Series {
-    let mut out = Series::new();
+/// A histogram's or summary's samples grouped into series by their labels
+/// without `le`/`quantile`.
+fn series(f: &Family, by: &str) -> BTreeMap<Vec<(String, String)>, Series> {
+    let mut out: BTreeMap<_, Series> = BTreeMap::new();
     for s in &f.samples {
         let mut labels = s.labels.clone();
         let at = labels.iter().position(|(k, _)| k == by).map(|i| labels.remove(i).1);
         let e = out.entry(labels).or_default();
+        e.start = e.start.or(s.start);
         match s.name.strip_prefix(f.name.as_str()) {
-            Some("_sum") => e.1 = s.value,
-            Some("_count") => e.2 = s.value,
+            Some("_sum") => e.sum = s.value,
+            Some("_count") => e.count = s.value,
             _ => {
                 if let Some(bound) = at.and_then(|b| b.parse::<f64>().ok()) {
-                    e.0.push((bound, s.value));
+                    e.points.push((bound, s.value));
                 }
             }
         }
     }
-    for (points, _, _) in out.values_mut() {
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for e in out.values_mut() {
+        e.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     out
 }
@@ -118,7 +126,7 @@ fn metric(f: &Family, start: u64, now: u64) -> Metric {
         Kind::Histogram => Data::Histogram(Histogram {
             data_points: series(f, "le")
                 .into_iter()
-                .map(|(labels, (buckets, sum, total))| {
+                .map(|(labels, Series { points: buckets, sum, count: total, start: since })| {
                     // Prometheus buckets are cumulative and end with +Inf;
                     // OTLP's are per bucket, with the +Inf one implied by
                     // one more count than bounds.
@@ -137,7 +145,7 @@ fn metric(f: &Family, start: u64, now: u64) -> Metric {
                     }
                     HistogramDataPoint {
                         attributes: attributes(&labels),
-                        start_time_unix_nano: start,
+                        start_time_unix_nano: since.map_or(start, nanos),
                         time_unix_nano: now,
                         count: count(total),
                         sum: Some(sum),
@@ -152,9 +160,9 @@ fn metric(f: &Family, start: u64, now: u64) -> Metric {
         Kind::Summary => Data::Summary(Summary {
             data_points: series(f, "quantile")
                 .into_iter()
-                .map(|(labels, (quantiles, sum, total))| SummaryDataPoint {
+                .map(|(labels, Series { points: quantiles, sum, count: total, start: since })| SummaryDataPoint {
                     attributes: attributes(&labels),
-                    start_time_unix_nano: start,
+                    start_time_unix_nano: since.map_or(start, nanos),
                     time_unix_nano: now,
                     count: count(total),
                     sum,
@@ -220,6 +228,19 @@ fn nanos(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)
 }
 
+/// An error with its causes: reqwest's own message leaves out why
+/// (connection refused, a timeout, the TLS failure).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// One push: the request's data points and what the receiver answered.
 async fn push(client: &reqwest::Client, cfg: &ForwardConfig, body: Vec<u8>) -> Result<u64, String> {
     let mut req = client.post(&cfg.url).header("content-type", "application/x-protobuf").timeout(cfg.timeout);
@@ -235,7 +256,7 @@ async fn push(client: &reqwest::Client, cfg: &ForwardConfig, body: Vec<u8>) -> R
     if cfg.gzip {
         req = req.header("content-encoding", "gzip");
     }
-    let resp = req.body(body).send().await.map_err(|e| format!("{e}"))?;
+    let resp = req.body(body).send().await.map_err(|e| chain(&e))?;
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| format!("reading the answer: {e}"))?;
     if !status.is_success() {
@@ -271,8 +292,9 @@ pub async fn run(shared: Arc<Shared>, cfg: ForwardConfig, stop: impl std::future
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            biased;
             () = &mut stop => return,
+            _ = tick.tick() => {}
         }
         let s = shared.clone();
         let inst = instance.clone();
@@ -288,7 +310,14 @@ pub async fn run(shared: Arc<Shared>, cfg: ForwardConfig, stop: impl std::future
         else {
             continue;
         };
-        match push(&client, &cfg, body).await {
+        // A push in flight does not hold up shutdown: the totals it carried
+        // are in the next collector's first push anyway (they are cumulative).
+        let result = tokio::select! {
+            biased;
+            () = &mut stop => return,
+            r = push(&client, &cfg, body) => r,
+        };
+        match result {
             Ok(rejected) => {
                 counters.ok.fetch_add(1, Ordering::Relaxed);
                 counters.points.fetch_add(sent.saturating_sub(rejected), Ordering::Relaxed);
@@ -322,7 +351,8 @@ mod tests {
     fn exposition() -> Exposition {
         let mut e = Exposition::default();
         e.family("q_calls_total", Kind::Counter, "Calls.");
-        e.sample("q_calls_total", &[("fingerprint", "ab"), ("node", "n1")], 7.0);
+        e.sample_since("q_calls_total", &[("fingerprint", "ab"), ("node", "n1")], 7.0, 3);
+        e.sample("q_calls_total", &[("fingerprint", "cd"), ("node", "n1")], 1.0);
         e.family("up", Kind::Gauge, "Up.");
         e.sample("up", &[], 1.0);
         e.family("empty", Kind::Gauge, "No samples: not sent.");
@@ -355,7 +385,8 @@ mod tests {
         let Some(Data::Sum(sum)) = &m[0].data else { panic!("{:?}", m[0]) };
         assert!(sum.is_monotonic && sum.aggregation_temporality == AggregationTemporality::Cumulative as i32);
         let p = &sum.data_points[0];
-        assert_eq!((p.start_time_unix_nano, p.time_unix_nano), (5, 9));
+        assert_eq!((p.start_time_unix_nano, p.time_unix_nano), (3_000_000, 9), "the series' own start");
+        assert_eq!(sum.data_points[1].start_time_unix_nano, 5, "else the collector's");
         assert_eq!(p.value, Some(number_data_point::Value::AsDouble(7.0)));
         assert_eq!(p.attributes.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(), ["fingerprint", "node"]);
 

@@ -70,7 +70,7 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
         for (name, help, get) in counters {
             o.family(name, Kind::Counter, help);
             for (k, node, v) in &q {
-                o.sample(name, &[("fingerprint", &fp_label(k)), ("node", node)], get(v));
+                o.sample_since(name, &[("fingerprint", &fp_label(k)), ("node", node)], get(v), v.since);
             }
         }
         let name = "querywatch_query_duration_seconds";
@@ -80,16 +80,22 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
             let mut cum = 0;
             for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
                 cum += v.buckets[i];
-                o.sample(
+                o.sample_since(
                     &format!("{name}_bucket"),
                     &[("fingerprint", &fp), ("node", node), ("le", &le.to_string())],
                     f(cum),
+                    v.since,
                 );
             }
             cum += v.buckets[LATENCY_BUCKETS.len()];
-            o.sample(&format!("{name}_bucket"), &[("fingerprint", &fp), ("node", node), ("le", "+Inf")], f(cum));
-            o.sample(&format!("{name}_sum"), &[("fingerprint", &fp), ("node", node)], v.duration_sum);
-            o.sample(&format!("{name}_count"), &[("fingerprint", &fp), ("node", node)], f(cum));
+            o.sample_since(
+                &format!("{name}_bucket"),
+                &[("fingerprint", &fp), ("node", node), ("le", "+Inf")],
+                f(cum),
+                v.since,
+            );
+            o.sample_since(&format!("{name}_sum"), &[("fingerprint", &fp), ("node", node)], v.duration_sum, v.since);
+            o.sample_since(&format!("{name}_count"), &[("fingerprint", &fp), ("node", node)], f(cum), v.since);
         }
         o.family(
             "querywatch_query_info",

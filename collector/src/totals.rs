@@ -34,6 +34,10 @@ pub enum SeriesFingerprint {
 /// Counters of one (fingerprint, node) series.
 #[derive(Clone, Debug, Default)]
 pub struct QueryTotals {
+    /// When the series started (ms): it counts from zero from then on (a
+    /// fingerprint admitted again after an eviction starts over). OTLP
+    /// consumers read it as the series' start time.
+    pub since: EpochMillis,
     /// Executions (the statistics source's count when it has one).
     pub calls: u64,
     /// Database time, seconds.
@@ -134,7 +138,12 @@ impl Totals {
     }
 
     /// Adds the statement rows of one node's batch.
-    pub fn add_queries<'a>(&mut self, node: &Arc<str>, rows: impl IntoIterator<Item = (Fingerprint, &'a RowStats)>) {
+    pub fn add_queries<'a>(
+        &mut self,
+        node: &Arc<str>,
+        now: EpochMillis,
+        rows: impl IntoIterator<Item = (Fingerprint, &'a RowStats)>,
+    ) {
         let series = self.queries.entry(node.clone()).or_default();
         let (mut calls, mut time) = (0, 0.0);
         for (fp, stats) in rows {
@@ -144,7 +153,7 @@ impl Totals {
                     true
                 });
             let key = if admitted { SeriesFingerprint::One(fp) } else { SeriesFingerprint::Other };
-            series.entry(key).or_default().add(stats);
+            series.entry(key).or_insert_with(|| QueryTotals { since: now, ..QueryTotals::default() }).add(stats);
             calls += stats.exec_calls();
             time += stats.db_time().as_secs_f64();
         }
@@ -237,22 +246,23 @@ mod tests {
     fn admitted_fingerprints_get_series_the_rest_go_to_other() {
         let mut t = Totals::new(1, 10);
         let n: Arc<str> = "n1".into();
-        t.add_queries(&n, [(Fingerprint(1), &stats(&[1, 3])), (Fingerprint(2), &stats(&[200]))]);
+        t.add_queries(&n, 10, [(Fingerprint(1), &stats(&[1, 3])), (Fingerprint(2), &stats(&[200]))]);
         let one = t.query(SeriesFingerprint::One(Fingerprint(1)), &n).unwrap();
         assert_eq!(one.calls, 2);
         assert_eq!((one.buckets[1], one.buckets[3]), (1, 1), "1 ms and 3 ms land in the 1 ms and 5 ms buckets");
         let other = t.query(SeriesFingerprint::Other, &n).unwrap();
-        assert_eq!(other.calls, 1);
+        assert_eq!((other.calls, other.since), (1, 10));
         assert_eq!(other.buckets[8], 1, "200 ms is in the 250 ms bucket");
         // Fingerprint 2 becomes the top one: 1's series ends, 2's starts at zero.
         t.rerank(&[Fingerprint(2)]);
-        t.add_queries(&n, [(Fingerprint(2), &stats(&[100]))]);
+        t.add_queries(&n, 20, [(Fingerprint(2), &stats(&[100]))]);
         assert!(t.query(SeriesFingerprint::One(Fingerprint(1)), &n).is_none());
-        assert_eq!(t.query(SeriesFingerprint::One(Fingerprint(2)), &n).unwrap().calls, 1);
+        let two = t.query(SeriesFingerprint::One(Fingerprint(2)), &n).unwrap();
+        assert_eq!((two.calls, two.since), (1, 20), "a series admitted later starts then, at zero");
         assert_eq!(t.query(SeriesFingerprint::Other, &n).unwrap().calls, 1, "other never goes down");
         assert_eq!(t.query_series().len(), 2);
         // The evicted fingerprint comes back: it has no series any more.
-        t.add_queries(&n, [(Fingerprint(1), &stats(&[5]))]);
+        t.add_queries(&n, 30, [(Fingerprint(1), &stats(&[5]))]);
         assert!(t.query(SeriesFingerprint::One(Fingerprint(1)), &n).is_none());
         assert_eq!(t.query(SeriesFingerprint::Other, &n).unwrap().calls, 2);
         assert_eq!(t.nodes[&n].calls, 5);

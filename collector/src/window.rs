@@ -484,7 +484,7 @@ impl Windows {
         let (max_rel, max_locks, max_act) = (self.cfg.max_relations, self.cfg.max_locks, self.cfg.max_activity);
         let mut folded_rows = 0;
 
-        self.totals.add_queries(&node, rows.iter().map(|(fp, _, stats)| (*fp, stats)));
+        self.totals.add_queries(&node, now, rows.iter().map(|(fp, _, stats)| (*fp, stats)));
         for (k, d) in &tables {
             let series = TableSeries {
                 node: k.node.clone(),
