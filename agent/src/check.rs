@@ -14,6 +14,7 @@
 
 use crate::config::Config;
 use crate::logparse::{LogFormat, Prefix};
+use querywatch_wire::error_chain;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -568,28 +569,16 @@ pub fn probe_endpoint(endpoint: &str, timeout: Duration) -> EndpointProbe {
     unreachable(last)
 }
 
-/// An error with its causes: tokio-postgres says "error connecting to
-/// server" and keeps the reason ("Connection refused") in the source.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// Reads what the checks need from the server.
 async fn read_database(dsn: &str) -> Result<DbFacts, String> {
-    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await.map_err(|e| chain(&e))?;
+    let (client, connection) =
+        tokio_postgres::connect(dsn, tokio_postgres::NoTls).await.map_err(|e| error_chain(&e))?;
     let conn = tokio::spawn(connection);
     let result = async {
         let rows = client
             .query("SELECT /* querywatch */ name::text, setting::text FROM pg_settings", &[])
             .await
-            .map_err(|e| format!("reading pg_settings: {}", chain(&e)))?;
+            .map_err(|e| format!("reading pg_settings: {}", error_chain(&e)))?;
         let settings =
             rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1).unwrap_or_default())).collect();
         let row = client
@@ -600,7 +589,7 @@ async fn read_database(dsn: &str) -> Result<DbFacts, String> {
                 &[],
             )
             .await
-            .map_err(|e| format!("reading the role and extensions: {}", chain(&e)))?;
+            .map_err(|e| format!("reading the role and extensions: {}", error_chain(&e)))?;
         Ok(DbFacts {
             settings,
             database: row.get(0),

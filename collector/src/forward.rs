@@ -18,13 +18,15 @@
 use crate::exposition::{Exposition, Family, Kind, Sample};
 use crate::serve::{Shared, now_ms};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
     ScopeMetrics, Sum, Summary, SummaryDataPoint, metric::Data, number_data_point, summary_data_point::ValueAtQuantile,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
+use querywatch_wire::error_chain;
+use querywatch_wire::otlp::{kv_str, points};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
@@ -55,14 +57,7 @@ pub struct ForwardCounters {
 }
 
 fn attributes(labels: &[(String, String)]) -> Vec<KeyValue> {
-    labels
-        .iter()
-        .map(|(k, v)| KeyValue {
-            key: k.clone(),
-            value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.clone())) }),
-            key_strindex: 0,
-        })
-        .collect()
+    labels.iter().map(|(k, v)| kv_str(k, v)).collect()
 }
 
 fn number(s: &Sample, start: u64, now: u64) -> NumberDataPoint {
@@ -182,35 +177,15 @@ fn metric(f: &Family, start: u64, now: u64) -> Metric {
     Metric { name: name.to_owned(), description: f.help.clone(), data: Some(data), ..Metric::default() }
 }
 
-/// Data points a metric carries.
-fn points(m: &Metric) -> u64 {
-    let n = match &m.data {
-        Some(Data::Sum(s)) => s.data_points.len(),
-        Some(Data::Gauge(g)) => g.data_points.len(),
-        Some(Data::Histogram(h)) => h.data_points.len(),
-        Some(Data::Summary(s)) => s.data_points.len(),
-        _ => 0,
-    };
-    u64::try_from(n).unwrap_or(u64::MAX)
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
-        key_strindex: 0,
-    }
-}
-
 /// The exposition as one OTLP request. `start` (ns) is when the
 /// collector started: the start of every cumulative series.
 pub fn to_otlp(e: &Exposition, instance: &str, start: u64, now: u64) -> ExportMetricsServiceRequest {
     let metrics: Vec<Metric> = e.families.iter().map(|f| metric(f, start, now)).filter(|m| points(m) > 0).collect();
     let resource = Resource {
         attributes: vec![
-            kv("service.name", "querywatch-collector"),
-            kv("service.version", env!("CARGO_PKG_VERSION")),
-            kv("service.instance.id", instance),
+            kv_str("service.name", "querywatch-collector"),
+            kv_str("service.version", env!("CARGO_PKG_VERSION")),
+            kv_str("service.instance.id", instance),
         ],
         ..Resource::default()
     };
@@ -228,19 +203,6 @@ fn nanos(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)
 }
 
-/// An error with its causes: reqwest's own message leaves out why
-/// (connection refused, a timeout, the TLS failure).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 /// One push: the request's data points and what the receiver answered.
 async fn push(client: &reqwest::Client, cfg: &ForwardConfig, body: Vec<u8>) -> Result<u64, String> {
     let mut req = client.post(&cfg.url).header("content-type", "application/x-protobuf").timeout(cfg.timeout);
@@ -256,7 +218,9 @@ async fn push(client: &reqwest::Client, cfg: &ForwardConfig, body: Vec<u8>) -> R
     if cfg.gzip {
         req = req.header("content-encoding", "gzip");
     }
-    let resp = req.body(body).send().await.map_err(|e| chain(&e))?;
+    // With its causes: reqwest's own message leaves out why (connection
+    // refused, a timeout, the TLS failure).
+    let resp = req.body(body).send().await.map_err(|e| error_chain(&e))?;
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| format!("reading the answer: {e}"))?;
     if !status.is_success() {

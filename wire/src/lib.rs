@@ -5,6 +5,7 @@
 //! (offline) merge them. Keeping the statistics types here means both sides
 //! agree on units and merge rules by construction:
 //!
+//! - [`causes`] — an error's message with its causes, for people to read.
 //! - [`names`] — OpenTelemetry attribute and metric names (one place for both binaries).
 //! - [`histogram`] — the latency histogram (HDR, microseconds, < 1% relative error).
 //! - [`stats`] — per-statement statistics and the slowest sample.
@@ -15,6 +16,7 @@
 //! - `fingerprint` (feature `fingerprint`) — pg_query fingerprints of masked shapes.
 //! - [`otlp`] — [`Observations`] as OTLP metrics and logs, and back (the live agent → collector path).
 
+pub mod causes;
 pub mod dbstats;
 #[cfg(feature = "fingerprint")]
 pub mod fingerprint;
@@ -26,6 +28,7 @@ pub mod otlp;
 pub mod shape;
 pub mod stats;
 
+pub use causes::error_chain;
 pub use dbstats::DbStats;
 pub use health::AgentHealth;
 pub use histogram::LatencyHistogram;

@@ -118,14 +118,7 @@ pub fn http_error(e: &reqwest::Error) -> Failure {
         return Failure::Permanent { status: "HTTP request".into(), message: e.to_string() };
     }
     // Refused, reset, timed out, TLS failure: the collector never said no.
-    let mut reason = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        reason.push_str(": ");
-        reason.push_str(&s.to_string());
-        source = s.source();
-    }
-    Failure::Retryable { reason }
+    Failure::Retryable { reason: querywatch_wire::error_chain(e) }
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date, capped.

@@ -11,7 +11,8 @@ pub(super) fn kv(key: &str, value: Value) -> KeyValue {
     KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), key_strindex: 0 }
 }
 
-pub(super) fn kv_str(key: &str, value: &str) -> KeyValue {
+/// A string attribute.
+pub fn kv_str(key: &str, value: &str) -> KeyValue {
     kv(key, Value::StringValue(value.to_owned()))
 }
 

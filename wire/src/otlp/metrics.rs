@@ -1102,7 +1102,7 @@ fn data_kind(m: &Metric) -> &'static str {
 }
 
 /// Number of data points of any metric (what skipping it skips).
-pub(super) fn points(m: &Metric) -> u64 {
+pub fn points(m: &Metric) -> u64 {
     let n = match &m.data {
         None => 0,
         Some(Data::Gauge(g)) => g.data_points.len(),

@@ -44,8 +44,9 @@ mod logs;
 mod metrics;
 mod raw;
 
+pub use attrs::kv_str;
 pub use logs::{decode_logs, encode_logs};
-pub use metrics::{decode_metrics, encode_metrics};
+pub use metrics::{decode_metrics, encode_metrics, points};
 pub use raw::{ResourceParts, decode_metrics_bytes, decode_metrics_per_resource};
 
 use crate::names;
