@@ -316,7 +316,7 @@ async fn queries(State(s): State<Arc<Shared>>, Query(p): Query<QueriesParams>) -
         let w = lock(&s.windows);
         rows.iter()
             .map(|q| {
-                let fp = u64::from_str_radix(&q.fingerprint, 16).map(Fingerprint).unwrap_or(Fingerprint(0));
+                let fp = Fingerprint::from_hex(&q.fingerprint).unwrap_or(Fingerprint(0));
                 w.series(fp, from, to)
                     .iter()
                     .map(|(start, len, by_node)| {
@@ -353,7 +353,7 @@ async fn query(
     Path(fingerprint): Path<String>,
     Query(p): Query<RangeParams>,
 ) -> Response {
-    let Ok(fp) = u64::from_str_radix(&fingerprint, 16).map(Fingerprint) else {
+    let Some(fp) = Fingerprint::from_hex(&fingerprint) else {
         return error(StatusCode::BAD_REQUEST, format!("`{fingerprint}` is not a fingerprint (16 hex digits)"));
     };
     let now = now_ms();

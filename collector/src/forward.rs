@@ -203,8 +203,16 @@ fn nanos(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)
 }
 
+/// What the receiver refused of a push that it took (OTLP partial success).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Refused {
+    points: u64,
+    /// The receiver's reason, when it gave one.
+    message: String,
+}
+
 /// One push: the request's data points and what the receiver answered.
-async fn push(client: &reqwest::Client, cfg: &ForwardConfig, body: Vec<u8>) -> Result<u64, String> {
+async fn push(client: &reqwest::Client, cfg: &ForwardConfig, body: Vec<u8>) -> Result<Refused, String> {
     let mut req = client.post(&cfg.url).header("content-type", "application/x-protobuf").timeout(cfg.timeout);
     if let Some(t) = &cfg.token {
         req = req.bearer_auth(t);
@@ -228,11 +236,11 @@ async fn push(client: &reqwest::Client, cfg: &ForwardConfig, body: Vec<u8>) -> R
         return Err(format!("HTTP {status}: {text}"));
     }
     // An empty body is a full success; a partial success names what it refused.
-    let rejected = ExportMetricsServiceResponse::decode(&bytes[..])
-        .ok()
-        .and_then(|r| r.partial_success)
-        .map_or(0, |p| u64::try_from(p.rejected_data_points).unwrap_or(0));
-    Ok(rejected)
+    let refused = ExportMetricsServiceResponse::decode(&bytes[..]).ok().and_then(|r| r.partial_success).map_or_else(
+        Refused::default,
+        |p| Refused { points: u64::try_from(p.rejected_data_points).unwrap_or(0), message: p.error_message },
+    );
+    Ok(refused)
 }
 
 /// Pushes every `cfg.interval` until `stop` resolves.
@@ -251,6 +259,9 @@ pub async fn run(shared: Arc<Shared>, cfg: ForwardConfig, stop: impl std::future
         .unwrap_or_else(|| shared.config.listen.to_string());
     let counters = &shared.forward;
     let mut failing = false;
+    // Said once when a receiver starts refusing points, and again only
+    // after a push it took whole.
+    let mut refusing = false;
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(stop);
@@ -282,14 +293,24 @@ pub async fn run(shared: Arc<Shared>, cfg: ForwardConfig, stop: impl std::future
             r = push(&client, &cfg, body) => r,
         };
         match result {
-            Ok(rejected) => {
+            Ok(refused) => {
                 counters.ok.fetch_add(1, Ordering::Relaxed);
-                counters.points.fetch_add(sent.saturating_sub(rejected), Ordering::Relaxed);
-                counters.rejected_points.fetch_add(rejected, Ordering::Relaxed);
+                counters.points.fetch_add(sent.saturating_sub(refused.points), Ordering::Relaxed);
+                counters.rejected_points.fetch_add(refused.points, Ordering::Relaxed);
                 if failing {
                     eprintln!("querywatch collector: forwarding to {} works again", cfg.url);
                     failing = false;
                 }
+                if refused.points > 0 && !refusing {
+                    let why = if refused.message.is_empty() { "no reason given" } else { &refused.message };
+                    eprintln!(
+                        "querywatch collector: {} refused {} of {sent} forwarded data points: {why} \
+                         (counted in querywatch_collector_forward_data_points_total{{result=\"rejected\"}}; \
+                         said again only after a push it takes whole)",
+                        cfg.url, refused.points
+                    );
+                }
+                refusing = refused.points > 0;
             }
             Err(e) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);

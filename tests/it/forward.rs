@@ -4,12 +4,16 @@
 //! `target/pyenv`), a decoder querywatch did not write, parses what
 //! arrived. The pushed series must be `/metrics`' own: the statement an
 //! agent sent shows up with the same calls and a histogram whose buckets
-//! add up. A second collector pushes to a closed port: it counts the
-//! failures, says so once, and keeps serving.
+//! add up. The sink refuses a point of each push (an OTLP partial
+//! success), which is counted and said once with its reason. A second
+//! collector pushes to a closed port: it counts the failures, says so
+//! once, and keeps serving.
 #![allow(clippy::unwrap_used)]
 
 use crate::collector_e2e::{http_get, start_collector};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse};
+use prost::Message;
 use querywatch_wire::otlp::{ResourceInfo, encode_metrics};
 use querywatch_wire::{Observations, StatementKey};
 use serde_json::Value;
@@ -23,6 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 const TOKEN: &str = "fwd-secret";
+const REFUSAL: &str = "this sink keeps no exemplars";
 const CALLS: u64 = 5;
 
 /// One request the sink received: path, headers (lower-case names), body.
@@ -38,9 +43,9 @@ impl Received {
     }
 }
 
-/// Serves one keep-alive connection: every request is answered 200 with an
-/// empty protobuf body (an OTLP full success) and handed to `tx`.
-fn serve(stream: TcpStream, tx: &mpsc::Sender<Received>) {
+/// Serves one keep-alive connection: every request is answered 200 with
+/// `answer` as its protobuf body and handed to `tx`.
+fn serve(stream: TcpStream, answer: &[u8], tx: &mpsc::Sender<Received>) {
     let mut out = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
     loop {
@@ -69,22 +74,35 @@ fn serve(stream: TcpStream, tx: &mpsc::Sender<Received>) {
         if r.read_exact(&mut body).is_err() {
             return;
         }
-        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-        if out.write_all(answer.as_bytes()).is_err() || tx.send(Received { path, headers, body }).is_err() {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+            answer.len()
+        );
+        let sent = out.write_all(head.as_bytes()).and_then(|()| out.write_all(answer));
+        if sent.is_err() || tx.send(Received { path, headers, body }).is_err() {
             return;
         }
     }
 }
 
-/// An OTLP/HTTP sink on a free port: its address and what it receives.
+/// An OTLP/HTTP sink on a free port that answers every push with a
+/// partial success refusing one data point: its address and what it
+/// receives.
 fn sink() -> (String, mpsc::Receiver<Received>) {
+    let answer = ExportMetricsServiceResponse {
+        partial_success: Some(ExportMetricsPartialSuccess {
+            rejected_data_points: 1,
+            error_message: REFUSAL.to_owned(),
+        }),
+    }
+    .encode_to_vec();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let tx = tx.clone();
-            thread::spawn(move || serve(stream, &tx));
+            let (tx, answer) = (tx.clone(), answer.clone());
+            thread::spawn(move || serve(stream, &answer, &tx));
         }
     });
     (addr, rx)
@@ -250,6 +268,17 @@ fn forward_pushes_the_metrics_endpoint_over_otlp_http() {
     assert!(pushed.len() > 30, "{pushed:?}");
     let ok = metric_value(&api, "querywatch_collector_forward_requests_total{result=\"ok\"}").unwrap();
     assert!(ok >= 1.0, "{ok}");
+
+    // The sink refuses one point of every push: counted per push, said once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_value(&api, "querywatch_collector_forward_data_points_total{result=\"rejected\"}").unwrap_or(0.0) < 2.0
+    {
+        assert!(Instant::now() < deadline, "the sink's refusals were not counted");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(dir.path().join("collector.stderr")).unwrap();
+    assert_eq!(log.matches(REFUSAL).count(), 1, "the refusal and its reason are said once:\n{log}");
+    assert!(log.contains("refused 1 of"), "{log}");
 
     // The unreachable endpoint: failures counted, said once, serving on.
     let deadline = Instant::now() + Duration::from_secs(30);

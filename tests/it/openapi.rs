@@ -160,6 +160,10 @@ fn the_openapi_document_lists_every_route_and_matches_live_answers() {
     assert_eq!(detail["per_node"][0]["databases"], serde_json::json!(["shop"]), "{detail}");
     c.check(one, "/api/v1/queries/00000000000000ff", 404);
     c.check(one, "/api/v1/queries/xyz", 400);
+    // What the document's pattern takes, the handler takes, and no more.
+    let upper = c.check(one, &format!("/api/v1/queries/{}?range=1h", fingerprint.to_uppercase()), 200);
+    assert_eq!(upper["query"]["fingerprint"], detail["query"]["fingerprint"], "{upper}");
+    c.check(one, "/api/v1/queries/+ff", 400);
     let f = c.check("/api/v1/findings", "/api/v1/findings?state=all", 200);
     assert!(!f["findings"].as_array().unwrap().is_empty());
     c.check("/api/v1/findings", "/api/v1/findings?state=maybe", 400);

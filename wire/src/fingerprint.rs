@@ -32,6 +32,18 @@ impl fmt::Display for Fingerprint {
     }
 }
 
+impl Fingerprint {
+    /// Reads what [`Display`](fmt::Display) writes: 1 to 16 hex digits, in
+    /// either case, and nothing else (`u64::from_str_radix` alone would
+    /// also take a leading `+`).
+    pub fn from_hex(s: &str) -> Option<Fingerprint> {
+        if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(s, 16).ok().map(Fingerprint)
+    }
+}
+
 /// How a fingerprint was obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
@@ -119,6 +131,17 @@ mod tests {
         let b = fingerprint("select a\n from t where id=$1");
         assert_eq!(a, b);
         assert_eq!(fingerprint_with_method("SELECT a FROM t WHERE id = $1").1, Method::Parsed);
+    }
+
+    #[test]
+    fn a_fingerprint_reads_back_what_it_displays_and_nothing_else() {
+        let fp = Fingerprint(0x00ab_cdef_0123_4567);
+        assert_eq!(Fingerprint::from_hex(&fp.to_string()), Some(fp));
+        assert_eq!(Fingerprint::from_hex("ABCDEF0123456789"), Some(Fingerprint(0xabcd_ef01_2345_6789)));
+        assert_eq!(Fingerprint::from_hex("ff"), Some(Fingerprint(0xff)));
+        for bad in ["", "+ff", "-1", "0x1f", "12345678901234567", "g1", " 1"] {
+            assert_eq!(Fingerprint::from_hex(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
