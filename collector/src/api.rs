@@ -317,7 +317,7 @@ async fn queries(State(s): State<Arc<Shared>>, Query(p): Query<QueriesParams>) -
         rows.iter()
             .map(|q| {
                 let fp = Fingerprint::from_hex(&q.fingerprint).unwrap_or(Fingerprint(0));
-                w.series(fp, from, to)
+                w.series(fp, (from, to), p.node.as_deref(), p.database.as_deref())
                     .iter()
                     .map(|(start, len, by_node)| {
                         let mut m = RowStats::default();
@@ -368,7 +368,7 @@ async fn query(
         let w = lock(&s.windows);
         let one = std::iter::once(fp).collect();
         let total = w.by_fingerprint(from, to, None, None, Some(fp)).total;
-        (w.snapshot_of(from, to, &one), total, w.series(fp, from, to), w.fingerprint_text(fp))
+        (w.snapshot_of(from, to, &one), total, w.series(fp, (from, to), None, None), w.fingerprint_text(fp))
     });
     let Some((text, method)) = known else {
         return error(StatusCode::NOT_FOUND, format!("fingerprint {fp} is not known (expired or never seen)"));

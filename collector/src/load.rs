@@ -70,8 +70,11 @@ pub fn partitions(s: &Snapshot) -> Vec<ParentLoad> {
             }
             parts.sort_by(|a, b| (b.scans + b.tuples).cmp(&(a.scans + a.tuples)).then(a.relation.cmp(&b.relation)));
             let max = parts.first().map_or(0, |p| p.scans + p.tuples);
+            // Over the partitions with load, as the hot-partition detector
+            // counts them (the others only had their block reads move).
+            let loaded = parts.iter().filter(|p| p.scans + p.tuples > 0).count();
             #[allow(clippy::cast_precision_loss)]
-            let mean = (scans + tuples) as f64 / parts.len().max(1) as f64;
+            let mean = (scans + tuples) as f64 / loaded.max(1) as f64;
             #[allow(clippy::cast_precision_loss)]
             let skew_ratio = if mean > 0.0 { max as f64 / mean } else { 0.0 };
             ParentLoad { node, database, parent, scans, tuples, skew_ratio, partitions: parts }

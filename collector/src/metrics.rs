@@ -383,6 +383,13 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
             ];
             o.sample("querywatch_finding", &labels, 1.0);
         }
+        o.family(
+            "querywatch_collector_findings_kept_out_total",
+            Kind::Counter,
+            "Findings kept out by [detect.findings] max_open (new ones not opened, or less severe open ones dropped).",
+        );
+        #[allow(clippy::cast_precision_loss)]
+        o.sample("querywatch_collector_findings_kept_out_total", &[], d.tracker.overflow_total() as f64);
         #[allow(clippy::cast_precision_loss)]
         {
             o.family("querywatch_collector_detect_last_run_timestamp_seconds", Kind::Gauge, "When detectors last ran.");

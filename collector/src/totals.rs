@@ -18,6 +18,7 @@ use querywatch_wire::dbstats::TableDelta;
 use querywatch_wire::stats::EpochMillis;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histogram buckets: SQL latencies
 /// from sub-millisecond point lookups to half-minute reports.
@@ -54,11 +55,37 @@ pub struct QueryTotals {
     pub duration_sum: f64,
 }
 
+/// What a statement row added to the store: how much its row's calls,
+/// database time and rows grew (see [`NodeQueries::count`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub calls: u64,
+    pub time: Duration,
+    pub rows: u64,
+}
+
+impl Counted {
+    /// A row's calls, time and rows as the API shows them: the statistics
+    /// source's when it saw the statement, else the log's.
+    pub fn of(s: &RowStats) -> Counted {
+        Counted { calls: s.exec_calls(), time: s.db_time(), rows: s.rows_returned().unwrap_or(0) }
+    }
+
+    /// The growth from `before` (never below zero: counters only go up).
+    pub fn since(self, before: Counted) -> Counted {
+        Counted {
+            calls: self.calls.saturating_sub(before.calls),
+            time: self.time.saturating_sub(before.time),
+            rows: self.rows.saturating_sub(before.rows),
+        }
+    }
+}
+
 impl QueryTotals {
-    fn add(&mut self, s: &RowStats) {
-        self.calls += s.exec_calls();
-        self.time += s.db_time().as_secs_f64();
-        self.rows += s.rows_returned().unwrap_or(0);
+    /// What the log measured (the histogram, errors, temp files) and the
+    /// statistics source's block counts; calls, time and rows come with
+    /// [`NodeQueries::count`].
+    fn add_measures(&mut self, s: &RowStats) {
         self.errors += s.error_count();
         self.temp_bytes += s.temp_bytes;
         self.shared_blks_hit += s.pgss.shared_blks_hit;
@@ -113,6 +140,52 @@ pub struct TableSeries {
     pub parent: Arc<str>,
 }
 
+/// One node's batch of statement rows on its way into the totals.
+///
+/// Calls, time and rows are counted as the growth of the row the store
+/// merged the statement into, not as the statement's own numbers: an agent
+/// sends a statement's log row and its pg_stat_statements row separately
+/// (in one batch or, with `statements_interval` ≠ `interval`, in two), the
+/// store merges them into one row that takes the statistics source's
+/// numbers, and adding both here counted every execution twice.
+pub struct NodeQueries<'a> {
+    admitted: &'a mut FxHashSet<Fingerprint>,
+    max_fingerprints: usize,
+    series: &'a mut FxHashMap<SeriesFingerprint, QueryTotals>,
+    node: &'a mut NodeTotals,
+    now: EpochMillis,
+}
+
+impl NodeQueries<'_> {
+    /// Adds what `stats` measured to the series of `fp` (or `other`), and
+    /// says which series that is.
+    pub fn add(&mut self, fp: Fingerprint, stats: &RowStats) -> SeriesFingerprint {
+        let admitted = self.admitted.contains(&fp)
+            || (self.admitted.len() < self.max_fingerprints && fp != crate::store::OVERFLOW_FINGERPRINT && {
+                self.admitted.insert(fp);
+                true
+            });
+        let key = if admitted { SeriesFingerprint::One(fp) } else { SeriesFingerprint::Other };
+        self.entry(key).add_measures(stats);
+        key
+    }
+
+    /// Counts the calls, time and rows a row of series `key` added.
+    pub fn count(&mut self, key: SeriesFingerprint, c: Counted) {
+        let t = self.entry(key);
+        t.calls += c.calls;
+        t.time += c.time.as_secs_f64();
+        t.rows += c.rows;
+        self.node.calls += c.calls;
+        self.node.time += c.time.as_secs_f64();
+    }
+
+    fn entry(&mut self, key: SeriesFingerprint) -> &mut QueryTotals {
+        let now = self.now;
+        self.series.entry(key).or_insert_with(|| QueryTotals { since: now, ..QueryTotals::default() })
+    }
+}
+
 /// All cumulative counters.
 #[derive(Debug, Default)]
 pub struct Totals {
@@ -137,29 +210,30 @@ impl Totals {
         Totals { max_fingerprints, max_tables, ..Totals::default() }
     }
 
-    /// Adds the statement rows of one node's batch.
+    /// Starts adding the statement rows of one node's batch.
+    pub fn node_queries(&mut self, node: &Arc<str>, now: EpochMillis) -> NodeQueries<'_> {
+        NodeQueries {
+            admitted: &mut self.admitted,
+            max_fingerprints: self.max_fingerprints,
+            series: self.queries.entry(node.clone()).or_default(),
+            node: self.nodes.entry(node.clone()).or_default(),
+            now,
+        }
+    }
+
+    /// Adds statement rows of one node, each counted whole (as a row new
+    /// to the store would be).
     pub fn add_queries<'a>(
         &mut self,
         node: &Arc<str>,
         now: EpochMillis,
         rows: impl IntoIterator<Item = (Fingerprint, &'a RowStats)>,
     ) {
-        let series = self.queries.entry(node.clone()).or_default();
-        let (mut calls, mut time) = (0, 0.0);
+        let mut q = self.node_queries(node, now);
         for (fp, stats) in rows {
-            let admitted = self.admitted.contains(&fp)
-                || (self.admitted.len() < self.max_fingerprints && fp != crate::store::OVERFLOW_FINGERPRINT && {
-                    self.admitted.insert(fp);
-                    true
-                });
-            let key = if admitted { SeriesFingerprint::One(fp) } else { SeriesFingerprint::Other };
-            series.entry(key).or_insert_with(|| QueryTotals { since: now, ..QueryTotals::default() }).add(stats);
-            calls += stats.exec_calls();
-            time += stats.db_time().as_secs_f64();
+            let key = q.add(fp, stats);
+            q.count(key, Counted::of(stats));
         }
-        let n = self.nodes.entry(node.clone()).or_default();
-        n.calls += calls;
-        n.time += time;
     }
 
     /// The series of one fingerprint (or `other`) on one node.
@@ -199,8 +273,15 @@ impl Totals {
     /// Re-ranks: `top` (best first) are the fingerprints that should have
     /// series. Admitted fingerprints not in `top` are evicted (their
     /// series end), then `top` ones are admitted while there is room.
+    /// `<other>` is never admitted: the rows folded into it add to the
+    /// `other` series like every fingerprint without one.
     pub fn rerank(&mut self, top: &[Fingerprint]) {
-        let keep: FxHashSet<Fingerprint> = top.iter().take(self.max_fingerprints).copied().collect();
+        let keep: FxHashSet<Fingerprint> = top
+            .iter()
+            .filter(|f| **f != crate::store::OVERFLOW_FINGERPRINT)
+            .take(self.max_fingerprints)
+            .copied()
+            .collect();
         let evicted: Vec<Fingerprint> = self.admitted.iter().filter(|f| !keep.contains(f)).copied().collect();
         for f in &evicted {
             self.admitted.remove(f);
@@ -227,7 +308,6 @@ mod tests {
     use super::*;
     use crate::sparse::SparseHistogram;
     use querywatch_wire::LatencyHistogram;
-    use std::time::Duration;
 
     fn stats(ms: &[u64]) -> RowStats {
         let mut h = LatencyHistogram::new();
@@ -266,6 +346,19 @@ mod tests {
         assert!(t.query(SeriesFingerprint::One(Fingerprint(1)), &n).is_none());
         assert_eq!(t.query(SeriesFingerprint::Other, &n).unwrap().calls, 2);
         assert_eq!(t.nodes[&n].calls, 5);
+    }
+
+    #[test]
+    fn the_stores_other_never_gets_a_series_of_its_own() {
+        let mut t = Totals::new(1, 10);
+        let n: Arc<str> = "n1".into();
+        let overflow = crate::store::OVERFLOW_FINGERPRINT;
+        // `<other>` ranked first, as detection's list can have it.
+        t.rerank(&[overflow, Fingerprint(2)]);
+        t.add_queries(&n, 10, [(overflow, &stats(&[1])), (Fingerprint(2), &stats(&[1, 2]))]);
+        assert!(t.query(SeriesFingerprint::One(overflow), &n).is_none());
+        assert_eq!(t.query(SeriesFingerprint::One(Fingerprint(2)), &n).unwrap().calls, 2, "the next one has it");
+        assert_eq!(t.query(SeriesFingerprint::Other, &n).unwrap().calls, 1);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::snapshot::{
     ActivityRow, FingerprintRow, LockRow, NodeRow, OverflowCounts, QueryRow, RowStats, Snapshot, TableRow,
 };
 use crate::store::OVERFLOW_FINGERPRINT;
-use crate::totals::{TableSeries, Totals};
+use crate::totals::{Counted, TableSeries, Totals};
 use querywatch_wire::Observations;
 use querywatch_wire::dbstats::{ActivityKey, TableDelta};
 use querywatch_wire::names::OVERFLOW_TEXT;
@@ -142,6 +142,13 @@ struct TableKey {
 struct Bucket {
     start: EpochMillis,
     len: i64,
+    /// The time its data covers, `[span.0, span.1)`: the whole minute for a
+    /// minute bucket; for a rollup, the minutes it absorbed so far. Ranges
+    /// are matched against this, not the rollup's hour: the hour before
+    /// this one holds only the minutes past the retention, and counting it
+    /// whole put data of an hour ago into the first minutes of every
+    /// hour's detection window (old findings reopened).
+    span: (EpochMillis, EpochMillis),
     queries: FxHashMap<RowKey, RowStats>,
     tables: FxHashMap<TableKey, TableDelta>,
     locks: FxHashMap<(Arc<str>, LockKey), LockStats>,
@@ -180,11 +187,22 @@ fn table_bytes(capacity: usize, slot: usize) -> usize {
 
 impl Bucket {
     fn new(start: EpochMillis, len: i64) -> Self {
-        Bucket { start, len, ..Bucket::default() }
+        let span = if len == MINUTE_MS { (start, start + len) } else { (EpochMillis::MAX, EpochMillis::MIN) };
+        Bucket { start, len, span, ..Bucket::default() }
     }
 
     fn end(&self) -> EpochMillis {
         self.start + self.len
+    }
+
+    /// Its data covers `[from, to)` too.
+    fn cover(&mut self, (from, to): (EpochMillis, EpochMillis)) {
+        self.span = (self.span.0.min(from), self.span.1.max(to));
+    }
+
+    /// Whether its data overlaps `[from, to)`.
+    fn overlaps(&self, from: EpochMillis, to: EpochMillis) -> bool {
+        self.span.1 > from && self.span.0 < to
     }
 
     /// The estimate of what the bucket holds: the rows' heap (kept as they
@@ -212,21 +230,25 @@ impl Bucket {
     }
 
     /// Merges `stats` into the row of `key` (a new row if there is none),
-    /// keeping the heap estimate.
-    fn add_row(&mut self, key: RowKey, stats: RowStats) {
+    /// keeping the heap estimate; says how much the row's counts grew.
+    fn add_row(&mut self, key: RowKey, stats: RowStats) -> Counted {
         match self.queries.get_mut(&key) {
             Some(mine) => {
                 let before = mine.heap_bytes();
+                let counted = Counted::of(mine);
                 mine.merge(&stats);
                 // Signed: a merge may also shrink a row (a histogram's
                 // capacity follows the sizes merged). Counting only the
                 // growth ratcheted the estimate up by hundreds of MiB
                 // over a 10-minute run while the real size stayed flat.
                 self.bytes = (self.bytes + mine.heap_bytes()).saturating_sub(before);
+                Counted::of(mine).since(counted)
             }
             None => {
+                let counted = Counted::of(&stats);
                 self.bytes += stats.heap_bytes();
                 self.queries.insert(key, stats);
+                counted
             }
         }
     }
@@ -239,8 +261,10 @@ impl Bucket {
     /// Adds another bucket's content (rollup). Caps were enforced when the
     /// data came in; a rollup only merges keys that already passed them.
     fn absorb(&mut self, other: Bucket) {
+        self.cover(other.span);
         for (k, v) in other.queries {
-            self.add_row(k, v);
+            // The totals counted these rows when they came in.
+            let _ = self.add_row(k, v);
         }
         for (k, v) in other.tables {
             self.bytes += usize::from(!self.tables.contains_key(&k)) * TABLE_COST;
@@ -259,6 +283,35 @@ impl Bucket {
         }
         add_overflow(&mut self.overflow, &other.overflow);
     }
+}
+
+/// The bucket for time `t` (ms) among `minutes` and `hours`, created if
+/// needed; `None` when `t` is older than the rollups' floor. `floors` are
+/// the oldest times the minutes and the rollups keep. Over the two deques
+/// rather than the store, so that the totals can be borrowed beside it.
+fn bucket_in<'a>(
+    minutes: &'a mut VecDeque<Bucket>,
+    hours: &'a mut VecDeque<Bucket>,
+    (minute_floor, hour_floor): (EpochMillis, EpochMillis),
+    t: EpochMillis,
+) -> Option<&'a mut Bucket> {
+    let (deque, len) = if t >= minute_floor {
+        (minutes, MINUTE_MS)
+    } else if t >= hour_floor {
+        (hours, HOUR_MS)
+    } else {
+        return None;
+    };
+    let start = t.div_euclid(len) * len;
+    let pos = deque.partition_point(|b| b.start < start);
+    if deque.get(pos).is_none_or(|b| b.start != start) {
+        deque.insert(pos, Bucket::new(start, len));
+    }
+    let b = deque.get_mut(pos)?;
+    // A late batch straight into a rollup covers its own minute.
+    let minute = t.div_euclid(MINUTE_MS) * MINUTE_MS;
+    b.cover((minute, minute + MINUTE_MS));
+    Some(b)
 }
 
 fn add_overflow(a: &mut OverflowCounts, b: &OverflowCounts) {
@@ -367,24 +420,8 @@ impl Windows {
     /// The bucket for time `t` (ms), created if needed; `None` when `t` is
     /// older than anything retained.
     fn bucket_for(&mut self, t: EpochMillis, now: EpochMillis) -> Option<&mut Bucket> {
-        let minute_floor = now - self.retention_ms();
-        if t >= minute_floor {
-            let start = t.div_euclid(MINUTE_MS) * MINUTE_MS;
-            let pos = self.minutes.partition_point(|b| b.start < start);
-            if self.minutes.get(pos).is_none_or(|b| b.start != start) {
-                self.minutes.insert(pos, Bucket::new(start, MINUTE_MS));
-            }
-            return self.minutes.get_mut(pos);
-        }
-        if t >= now - self.rollup_retention_ms() {
-            let start = t.div_euclid(HOUR_MS) * HOUR_MS;
-            let pos = self.hours.partition_point(|b| b.start < start);
-            if self.hours.get(pos).is_none_or(|b| b.start != start) {
-                self.hours.insert(pos, Bucket::new(start, HOUR_MS));
-            }
-            return self.hours.get_mut(pos);
-        }
-        None
+        let floors = (now - self.retention_ms(), now - self.rollup_retention_ms());
+        bucket_in(&mut self.minutes, &mut self.hours, floors, t)
     }
 
     fn retention_ms(&self) -> i64 {
@@ -484,7 +521,6 @@ impl Windows {
         let (max_rel, max_locks, max_act) = (self.cfg.max_relations, self.cfg.max_locks, self.cfg.max_activity);
         let mut folded_rows = 0;
 
-        self.totals.add_queries(&node, now, rows.iter().map(|(fp, _, stats)| (*fp, stats)));
         for (k, d) in &tables {
             let series = TableSeries {
                 node: k.node.clone(),
@@ -499,17 +535,20 @@ impl Windows {
         let activity = std::mem::take(&mut obs.db.activity);
         self.totals.add_rest(&node, &obs);
 
-        let Some(bucket) = self.bucket_for(t, now) else {
+        let floors = (now - self.retention_ms(), now - self.rollup_retention_ms());
+        let Some(bucket) = bucket_in(&mut self.minutes, &mut self.hours, floors, t) else {
             // Checked above; should it ever change, the set is not lost.
             if let Some(p) = protected {
                 self.protected = p;
             }
             return;
         };
+        let mut totals = self.totals.node_queries(&node, now);
         if node_overflow {
             bucket.overflow.node_batches += 1;
         }
         for (fingerprint, database, stats) in rows {
+            let series = totals.add(fingerprint, &stats);
             let mut key = RowKey { fingerprint, database, node: node.clone() };
             if fingerprint == OVERFLOW_FINGERPRINT {
                 bucket.overflow.query_calls += stats.exec_calls();
@@ -537,7 +576,17 @@ impl Windows {
                     key.node = other.clone();
                 }
             }
-            bucket.add_row(key, stats);
+            // A row of its own counts what it grew by (its log and
+            // statistics rows merge into one); `<other>` rows mix many
+            // statements, so a statement there counts its own numbers.
+            let counted = if key.fingerprint == OVERFLOW_FINGERPRINT {
+                let own = Counted::of(&stats);
+                let _ = bucket.add_row(key, stats);
+                own
+            } else {
+                bucket.add_row(key, stats)
+            };
+            totals.count(series, counted);
         }
         for (mut key, d) in tables {
             if !bucket.tables.contains_key(&key) && bucket.tables.len() >= max_rel {
@@ -691,7 +740,7 @@ impl Windows {
     /// others).
     fn top_fingerprints(&self, from: EpochMillis, to: EpochMillis, k: usize) -> FxHashSet<Fingerprint> {
         let mut per: FxHashMap<Fingerprint, (Duration, u64)> = FxHashMap::default();
-        for b in self.hours.iter().chain(&self.minutes).filter(|b| b.end() > from && b.start < to) {
+        for b in self.hours.iter().chain(&self.minutes).filter(|b| b.overlaps(from, to)) {
             for (key, v) in &b.queries {
                 let e = per.entry(key.fingerprint).or_default();
                 e.0 += v.db_time();
@@ -746,9 +795,9 @@ impl Windows {
         // a row, kept here.
         let mut per_row: FxHashMap<&RowKey, (Duration, u64, Duration)> = FxHashMap::default();
         let other: Arc<str> = OVERFLOW_TEXT.into();
-        for b in self.hours.iter().chain(&self.minutes).filter(|b| b.end() > from && b.start < to) {
-            first = Some(first.map_or(b.start, |f| f.min(b.start)));
-            last = Some(last.map_or(b.end(), |l| l.max(b.end())));
+        for b in self.hours.iter().chain(&self.minutes).filter(|b| b.overlaps(from, to)) {
+            first = Some(first.map_or(b.span.0, |f| f.min(b.span.0)));
+            last = Some(last.map_or(b.span.1, |l| l.max(b.span.1)));
             for (k, v) in &b.queries {
                 if node.is_some_and(|n| *k.node != *n) || database.is_some_and(|d| *k.database != *d) {
                     continue;
@@ -796,12 +845,9 @@ impl Windows {
         let mut acc = Bucket::new(from, to - from);
         let mut first = None;
         let mut last = None;
-        for b in self.hours.iter().chain(&self.minutes) {
-            if b.end() <= from || b.start >= to {
-                continue;
-            }
-            first = Some(first.map_or(b.start, |f: i64| f.min(b.start)));
-            last = Some(last.map_or(b.end(), |l: i64| l.max(b.end())));
+        for b in self.hours.iter().chain(&self.minutes).filter(|b| b.overlaps(from, to)) {
+            first = Some(first.map_or(b.span.0, |f: i64| f.min(b.span.0)));
+            last = Some(last.map_or(b.span.1, |l: i64| l.max(b.span.1)));
             for (k, v) in &b.queries {
                 if node.is_some_and(|n| *k.node != *n) {
                     continue;
@@ -816,6 +862,13 @@ impl Windows {
                         let other = RowKey { fingerprint: OVERFLOW_FINGERPRINT, ..k.clone() };
                         acc.queries.entry(other).or_default().merge_totals(v);
                     }
+                }
+            }
+            // Before `Only` skips the rest: which nodes reported in the
+            // range is what lists them below.
+            for (k, v) in &b.nodes {
+                if node.is_none_or(|n| **k == *n) {
+                    acc.nodes.entry(k.clone()).or_default().merge(v.clone());
                 }
             }
             if matches!(keep, Keep::Only(_)) {
@@ -834,11 +887,6 @@ impl Windows {
             for (k, v) in &b.activity {
                 if node.is_none_or(|n| *k.0 == *n) {
                     *acc.activity.entry(k.clone()).or_default() += v;
-                }
-            }
-            for (k, v) in &b.nodes {
-                if node.is_none_or(|n| **k == *n) {
-                    acc.nodes.entry(k.clone()).or_default().merge(v.clone());
                 }
             }
             add_overflow(&mut acc.overflow, &b.overflow);
@@ -869,15 +917,19 @@ impl Windows {
         let locks = acc.locks.into_iter().map(|((node, key), stats)| LockRow { node, key, stats }).collect();
         let activity =
             acc.activity.into_iter().map(|((node, key), samples)| ActivityRow { node, key, samples }).collect();
+        // The nodes that sent a batch in the range: one that stopped (an
+        // agent retired, a pod renamed) is not an idle node, and counting
+        // it as one made the last node standing "hot" for good.
         let mut nodes: Vec<NodeRow> = self
             .nodes
             .iter()
-            .filter(|(n, _)| node.is_none_or(|want| ***n == *want))
-            .map(|(n, info)| NodeRow {
-                node: n.clone(),
-                resource: info.resource.clone(),
-                last_seen: info.last_seen,
-                rest: acc.nodes.remove(n).unwrap_or_default(),
+            .filter_map(|(n, info)| {
+                Some(NodeRow {
+                    node: n.clone(),
+                    resource: info.resource.clone(),
+                    last_seen: info.last_seen,
+                    rest: acc.nodes.remove(n)?,
+                })
             })
             .collect();
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
@@ -894,21 +946,23 @@ impl Windows {
     }
 
     /// One fingerprint over time: per bucket in `[from, to)`, its rows
-    /// merged per node. Buckets in order.
+    /// (of one node, of one database, when given) merged per node. Buckets
+    /// in order.
     pub fn series(
         &self,
         fingerprint: Fingerprint,
-        from: EpochMillis,
-        to: EpochMillis,
+        (from, to): (EpochMillis, EpochMillis),
+        node: Option<&str>,
+        database: Option<&str>,
     ) -> Vec<(EpochMillis, i64, BTreeMap<Arc<str>, RowStats>)> {
         let mut out = Vec::new();
-        for b in self.hours.iter().chain(&self.minutes) {
-            if b.end() <= from || b.start >= to {
-                continue;
-            }
+        for b in self.hours.iter().chain(&self.minutes).filter(|b| b.overlaps(from, to)) {
             let mut per_node: BTreeMap<Arc<str>, RowStats> = BTreeMap::new();
             for (k, v) in &b.queries {
-                if k.fingerprint == fingerprint {
+                if k.fingerprint == fingerprint
+                    && node.is_none_or(|n| *k.node == *n)
+                    && database.is_none_or(|d| *k.database == *d)
+                {
                     per_node.entry(k.node.clone()).or_default().merge(v);
                 }
             }
@@ -956,6 +1010,7 @@ impl Windows {
 mod tests {
     use super::*;
     use crate::fingerprint::fingerprint_with_method;
+    use crate::totals::SeriesFingerprint;
     use querywatch_wire::StatementKey;
     use querywatch_wire::dbstats::{PgssDelta, PgssKey, TableKey as WireTableKey};
 
@@ -1069,6 +1124,48 @@ mod tests {
         assert_eq!(w.health().fingerprints, 1);
     }
 
+    /// A node lists in the ranges it sent batches in, not in later ones.
+    #[test]
+    fn a_node_that_stopped_reporting_is_not_in_later_ranges() {
+        let mut w = Windows::new(WindowConfig::default());
+        w.ingest(&res("a"), obs(T0, &[("SELECT a FROM t", 1_000)]), T0);
+        w.ingest(&res("gone"), obs(T0, &[("SELECT a FROM t", 1_000)]), T0);
+        let later = T0 + 10 * MINUTE_MS;
+        w.ingest(&res("a"), obs(later, &[]), later);
+        let names = |s: &Snapshot| s.nodes.iter().map(|n| n.node.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&w.snapshot(later - 5 * MINUTE_MS, later + 1, None)), ["a"]);
+        assert_eq!(names(&w.snapshot(T0 - MINUTE_MS, later + 1, None)), ["a", "gone"]);
+        assert_eq!(names(&w.snapshot(T0 - MINUTE_MS, later + 1, Some("gone"))), ["gone"]);
+        let fps = [w.snapshot(T0, later, None).queries[0].fingerprint].into_iter().collect();
+        assert_eq!(names(&w.snapshot_of(T0 - MINUTE_MS, later + 1, &fps)), ["a", "gone"]);
+    }
+
+    /// A rollup holds the minutes past the retention only: a short range
+    /// that overlaps its hour but none of those minutes does not see them.
+    #[test]
+    fn a_short_range_does_not_count_an_hours_rollup_it_only_touches() {
+        let cfg = WindowConfig { retention: Duration::from_secs(600), ..WindowConfig::default() };
+        let mut w = Windows::new(cfg);
+        let early = T0 + MINUTE_MS; // T0 starts an hour
+        w.ingest(&res("a"), obs(early, &[("SELECT a FROM t", 1_000)]), early);
+        let now = T0 + 62 * MINUTE_MS;
+        w.ingest(&res("a"), obs(now, &[("SELECT b FROM u", 1_000)]), now);
+        assert_eq!(w.health().rollup_buckets, 1, "the early minute is in the rollup of hour T0");
+
+        // A detection window at 1:02 overlaps hour 0's rollup, not its data.
+        let recent = w.snapshot(now - 5 * MINUTE_MS, now + 1, None);
+        let texts: Vec<&str> = recent.queries.iter().map(|q| &*q.text).collect();
+        assert_eq!(texts, ["SELECT b FROM u"]);
+        assert_eq!(w.by_fingerprint(now - 5 * MINUTE_MS, now + 1, None, None, None).rows.len(), 1);
+        assert_eq!(w.snapshot_top(now - 5 * MINUTE_MS, now + 1, 10).queries.len(), 1);
+        let fp1 = w.snapshot(T0, now, None).queries.iter().find(|q| &*q.text == "SELECT a FROM t").unwrap().fingerprint;
+        assert!(w.series(fp1, (now - 5 * MINUTE_MS, now + 1), None, None).is_empty());
+        // A range over the minute it holds still has it, from that minute on.
+        let long = w.snapshot(T0 - HOUR_MS, now + 1, None);
+        assert_eq!(long.queries.len(), 2);
+        assert_eq!(long.from, early);
+    }
+
     #[test]
     fn too_old_batches_are_counted_not_stored() {
         let mut w = Windows::new(WindowConfig::default());
@@ -1119,8 +1216,47 @@ mod tests {
         assert_eq!((q.calls, q.pgss.calls, q.queryid, q.exec_calls()), (1, 9, Some(42), 9));
         assert_eq!(s.tables.len(), 1);
         assert_eq!((&*s.tables[0].parent, s.tables[0].delta.seq_scan), ("public.t", 4));
-        let series = w.series(s.queries[0].fingerprint, T0 - HOUR_MS, T0 + HOUR_MS);
+        let series = w.series(s.queries[0].fingerprint, (T0 - HOUR_MS, T0 + HOUR_MS), None, None);
         assert_eq!(series.len(), 1);
+        let range = (T0 - HOUR_MS, T0 + HOUR_MS);
+        assert_eq!(w.series(s.queries[0].fingerprint, range, Some("a"), Some("shop")).len(), 1);
+        assert!(w.series(s.queries[0].fingerprint, range, Some("b"), None).is_empty(), "another node's");
+        assert!(w.series(s.queries[0].fingerprint, range, None, Some("other")).is_empty(), "another database's");
+    }
+
+    /// An agent sends a statement's log row and its pg_stat_statements row
+    /// apart; `/metrics`' counters count its executions once, as the store's
+    /// merged row does, whichever batch each comes in.
+    #[test]
+    fn the_totals_count_a_statement_once_when_log_and_statistics_both_saw_it() {
+        let mut w = Windows::new(WindowConfig::default());
+        let (text, logged_only) = ("SELECT x FROM t WHERE id = $1", "SELECT y FROM u WHERE id = $1");
+        let pgss = |o: &mut Observations, calls: u64| {
+            let key =
+                PgssKey { database: "shop".into(), user: "app".into(), queryid: 42, toplevel: true, text: text.into() };
+            let delta = PgssDelta { calls, exec_time: Duration::from_millis(calls), ..PgssDelta::default() };
+            o.db.statements.insert(key, delta);
+        };
+        // Both sources in one batch: 1 logged call, 9 counted by the statistics.
+        let mut o = obs(T0, &[(text, 100), (logged_only, 100), (logged_only, 300)]);
+        pgss(&mut o, 9);
+        w.ingest(&res("a"), o, T0);
+        // The statistics' next delta alone, then a logged call alone.
+        let mut o = obs(T0 + 1_000, &[]);
+        pgss(&mut o, 4);
+        w.ingest(&res("a"), o, T0 + 1_000);
+        w.ingest(&res("a"), obs(T0 + 2_000, &[(text, 100)]), T0 + 2_000);
+
+        let s = w.snapshot(T0 - MINUTE_MS, T0 + MINUTE_MS, None);
+        let fp_of = |t: &str| s.queries.iter().find(|q| &*q.text == t).unwrap().fingerprint;
+        let calls = |t: &str| w.totals.query(SeriesFingerprint::One(fp_of(t)), "a").unwrap().calls;
+        let shown: u64 = s.queries.iter().map(|q| q.stats.exec_calls()).sum();
+        assert_eq!(calls(text), 13, "9 + 4 from the statistics; the logged calls are among them");
+        assert_eq!(calls(logged_only), 2, "the log's count where the statistics have none");
+        assert_eq!(w.totals.nodes["a"].calls, 15);
+        assert_eq!(shown, 15, "the store's rows say the same");
+        let time = w.totals.query(SeriesFingerprint::One(fp_of(text)), "a").unwrap().time;
+        assert!((time - 0.013).abs() < 1e-9, "the statistics' 13 ms: {time}");
     }
 
     /// The API's per-fingerprint walk says what a full snapshot merged by

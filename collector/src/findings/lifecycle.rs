@@ -57,7 +57,8 @@ pub struct FindingTracker {
     cfg: TrackerConfig,
     open: BTreeMap<String, Entry>,
     resolved: BTreeMap<String, Finding>,
-    /// New findings not opened because `max_open` was reached, in the
+    /// Findings kept out because `max_open` was reached (a new one not
+    /// opened, or an open one dropped for a more severe one), in the
     /// latest evaluation.
     overflow: u64,
     /// ... and since the tracker was created.
@@ -122,8 +123,19 @@ impl FindingTracker {
         new.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)).then(a.id.cmp(&b.id)));
         for mut f in new {
             if self.open.len() >= self.cfg.max_open {
+                // The most severe win: a new finding takes the place of the
+                // least severe open one when it is more severe (a deadlock
+                // must not wait behind a thousand open infos); else it
+                // stays out. Either way one is counted as kept out.
                 self.overflow += 1;
-                continue;
+                let least = self.open.iter().min_by_key(|(id, e)| (e.finding.severity, std::cmp::Reverse(*id)));
+                match least {
+                    Some((id, e)) if e.finding.severity < f.severity => {
+                        let id = id.clone();
+                        self.open.remove(&id);
+                    }
+                    _ => continue,
+                }
             }
             self.resolved.remove(&f.id);
             f.first_seen = now;
@@ -297,11 +309,16 @@ mod tests {
         let open: Vec<_> = t.findings().map(|f| f.subject.clone()).collect();
         assert_eq!(open, vec!["b", "c"]);
         assert_eq!((t.overflow(), t.overflow_total()), (1, 1));
-        // Tracked ones stay tracked; the newcomer is counted again.
-        t.update(vec![f("a", Severity::Critical, 1), f("b", Severity::Critical, 1), f("c", Severity::Info, 1)], 2000);
-        assert_eq!(t.open_count(), 2);
+        // A newcomer no more severe than every open one stays out, counted.
+        t.update(vec![f("a", Severity::Warning, 1), f("b", Severity::Critical, 1), f("c", Severity::Warning, 1)], 2000);
+        assert_eq!(t.findings().map(|f| f.subject.clone()).collect::<Vec<_>>(), vec!["b", "c"]);
         assert_eq!((t.overflow(), t.overflow_total()), (1, 2));
-        assert!(t.findings().all(|f| f.subject != "a"));
+        // A more severe newcomer takes the least severe open one's place.
+        t.update(vec![f("a", Severity::Critical, 1), f("b", Severity::Critical, 1), f("c", Severity::Info, 1)], 3000);
+        let mut open: Vec<_> = t.findings().filter(|f| f.is_open()).map(|f| f.subject.clone()).collect();
+        open.sort();
+        assert_eq!(open, vec!["a", "b"]);
+        assert_eq!((t.overflow(), t.overflow_total()), (1, 3));
     }
 
     #[test]

@@ -11,9 +11,9 @@
 //! whose share of the load is ≥ k / n, n the partitions of that parent the
 //! node reported (with n ≤ k, ≥ k × the others' mean: see
 //! [`partition_threshold`]). Judged per node, so the same table evenly loaded on the
-//! other nodes yields nothing there. The agent sends only relations that
-//! changed, so n counts partitions with some activity: a node where a
-//! single partition saw any load (n = 1) cannot be judged.
+//! other nodes yields nothing there. n counts the partitions with load in
+//! the window (the agent also sends those where only block reads moved): a
+//! node where a single partition saw any load (n = 1) cannot be judged.
 //!
 //! **Hot shard**: one plain table (no parent) used on two nodes or more,
 //! one node's load ≥ r × the mean of the others. "k / n_nodes" cannot serve
@@ -93,7 +93,11 @@ pub(crate) fn hot_partitions(snap: &Snapshot, cfg: &DetectorConfig, out: &mut Ve
         |t| (t.node.clone(), t.database.clone(), t.parent.clone()),
         |t| t.relation.clone(),
     );
-    for ((node, database, parent), parts) in groups {
+    for ((node, database, parent), mut parts) in groups {
+        // The agent also sends partitions whose other counters moved (block
+        // reads of autovacuum or ANALYZE): n is the partitions with load,
+        // or two busy partitions among four idle ones would both be "hot".
+        parts.retain(|_, r| r.load() > 0);
         let n = parts.len();
         let (scans, tuples): (u64, u64) = parts.values().fold((0, 0), |(s, t), r| (s + r.scans, t + r.tuples));
         let total = scans.saturating_add(tuples);
@@ -285,6 +289,12 @@ mod tests {
         // Only one partition seen: nothing to compare with.
         let s = parts(Snap::new(), "n1", &[5000]).build();
         assert!(run(hot_partitions, &s).is_empty());
+        // Two busy partitions at 50/50 beside four with no load (the agent
+        // sends them when only their block reads moved): even, n = 2.
+        let s = parts(Snap::new(), "n1", &[2000, 2000, 0, 0, 0, 0]).build();
+        assert!(run(hot_partitions, &s).is_empty(), "{:?}", run(hot_partitions, &s));
+        let s = parts(Snap::new(), "n1", &[6000, 2000, 0, 0, 0, 0]).build();
+        assert_eq!(run(hot_partitions, &s).len(), 1, "3:1 of the two with load");
     }
 
     #[test]

@@ -186,7 +186,9 @@ pub(crate) fn regressions(
 /// Statements that wrote temporary files (the log's `temporary file:`
 /// lines, or pg_stat_statements' `temp_blks_written` when the log has none).
 pub(crate) fn temp_spills(snap: &Snapshot, fps: &[FingerprintRow], out: &mut Vec<Finding>) {
-    for row in fps {
+    // `<other>` folds many statements (the caps, detection's top-k): a
+    // finding on it names no statement and its subject leads nowhere.
+    for row in fps.iter().filter(|r| r.fingerprint != OVERFLOW_FINGERPRINT) {
         let s = &row.stats;
         let (files, bytes) = if s.temp_files > 0 {
             (Some(s.temp_files), s.temp_bytes)
@@ -222,7 +224,7 @@ pub(crate) fn temp_spills(snap: &Snapshot, fps: &[FingerprintRow], out: &mut Vec
 
 /// Statements that fail often.
 pub(crate) fn error_hotspots(snap: &Snapshot, fps: &[FingerprintRow], cfg: &DetectorConfig, out: &mut Vec<Finding>) {
-    for row in fps {
+    for row in fps.iter().filter(|r| r.fingerprint != OVERFLOW_FINGERPRINT) {
         let s = &row.stats;
         let errors = s.error_count();
         if errors == 0 {
@@ -473,6 +475,19 @@ mod tests {
         let out = run(|s, f, _, o| temp_spills(s, f, o), &s, &DetectorConfig::default());
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].evidence["temp_bytes"], json!(2_097_152));
+    }
+
+    #[test]
+    fn other_is_never_a_temp_spill_or_an_error_hotspot() {
+        let text = "INSERT INTO t SELECT * FROM u ORDER BY a";
+        let mut s = Snap::new().query("", text, 10, 1).errors("", text, "23505", 10).temp("", text, 2_097_152).build();
+        let cfg = DetectorConfig::default();
+        assert_eq!(run(|s, f, _, o| temp_spills(s, f, o), &s, &cfg).len(), 1, "as a statement it is one");
+        assert_eq!(run(error_hotspots, &s, &cfg).len(), 1, "as a statement it is one");
+        // The same numbers folded into `<other>`.
+        s.queries[0].fingerprint = OVERFLOW_FINGERPRINT;
+        assert!(run(|s, f, _, o| temp_spills(s, f, o), &s, &cfg).is_empty());
+        assert!(run(error_hotspots, &s, &cfg).is_empty());
     }
 
     #[test]
