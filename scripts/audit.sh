@@ -24,6 +24,12 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
 fi
 cargo deny --version
 
+# cargo-deny reads `cargo metadata` for every platform, so the manifests
+# of crates only other platforms build (web-time, anstyle-wincon, …) must
+# be downloaded too: a build fetches only this platform's, and on a fresh
+# machine the offline check then failed with "failed to download".
+cargo fetch --locked
+
 status=0
 cargo deny --offline --log-level error check bans licenses sources || status=$?
 
