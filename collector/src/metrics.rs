@@ -143,7 +143,7 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
                     ("relation", &*k.relation),
                     ("parent", &*k.parent),
                 ];
-                o.sample(name, &labels, f(get(&v.delta)));
+                o.sample_since(name, &labels, f(get(&v.delta)), v.since);
             }
         }
 
@@ -151,15 +151,15 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
         nodes.sort_by(|a, b| a.0.cmp(b.0));
         o.family("querywatch_node_time_seconds_total", Kind::Counter, "Database time per node.");
         for (n, v) in &nodes {
-            o.sample("querywatch_node_time_seconds_total", &[("node", n)], v.time);
+            o.sample_since("querywatch_node_time_seconds_total", &[("node", n)], v.time, v.since);
         }
         o.family("querywatch_node_calls_total", Kind::Counter, "Executions per node.");
         for (n, v) in &nodes {
-            o.sample("querywatch_node_calls_total", &[("node", n)], f(v.calls));
+            o.sample_since("querywatch_node_calls_total", &[("node", n)], f(v.calls), v.since);
         }
         o.family("querywatch_node_batches_total", Kind::Counter, "Batches received per node.");
         for (n, v) in &nodes {
-            o.sample("querywatch_node_batches_total", &[("node", n)], f(v.batches));
+            o.sample_since("querywatch_node_batches_total", &[("node", n)], f(v.batches), v.since);
         }
         o.family("querywatch_node_last_seen_timestamp_seconds", Kind::Gauge, "When the node's agent last sent data.");
         #[allow(clippy::cast_precision_loss)]
@@ -185,7 +185,7 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
         for (name, help, get) in agent {
             o.family(name, Kind::Counter, help);
             for (n, v) in &nodes {
-                o.sample(name, &[("node", n)], f(get(&v.rest.input)));
+                o.sample_since(name, &[("node", n)], f(get(&v.rest.input)), v.since);
             }
         }
         type HField = fn(&querywatch_wire::health::AgentHealth) -> u64;
@@ -219,7 +219,7 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
         for (name, help, get) in health {
             o.family(name, Kind::Counter, help);
             for (n, v) in &nodes {
-                o.sample(name, &[("node", n)], f(get(&v.rest.agent)));
+                o.sample_since(name, &[("node", n)], f(get(&v.rest.agent)), v.since);
             }
         }
         let name = "querywatch_agent_export_failures_total";
@@ -231,7 +231,7 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
                 ("throttled", h.export_throttled),
                 ("permanent", h.export_permanent_failures),
             ] {
-                o.sample(name, &[("node", n), ("class", class)], f(x));
+                o.sample_since(name, &[("node", n), ("class", class)], f(x), v.since);
             }
         }
         type GField = fn(&querywatch_wire::health::AgentHealth) -> Option<u64>;
@@ -262,7 +262,7 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
             "Calls the node's agent folded into <other> (its caps).",
         );
         for (n, v) in &nodes {
-            o.sample("querywatch_agent_overflow_calls_total", &[("node", n)], f(v.rest.overflow_calls));
+            o.sample_since("querywatch_agent_overflow_calls_total", &[("node", n)], f(v.rest.overflow_calls), v.since);
         }
 
         let h = w.health();

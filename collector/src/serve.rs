@@ -119,6 +119,17 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
+/// Where a detection pass at `now` looks (ms): the window's start (it runs
+/// to `now`), and the baseline's range. A snapshot counts every minute
+/// bucket it overlaps whole, so the baseline ends at the start of the
+/// window's first minute: ending at the window's start, the minute both
+/// overlap was counted on both sides of the regression comparison.
+fn detection_ranges(now: EpochMillis, window: i64, baseline: i64) -> (EpochMillis, (EpochMillis, EpochMillis)) {
+    let from = now - window;
+    let base_to = from.div_euclid(60_000) * 60_000;
+    (from, (base_to - baseline, base_to))
+}
+
 /// One detection pass: snapshots under the lock, detectors outside it.
 pub fn detect_pass(shared: &Shared, now: EpochMillis) {
     let started = std::time::Instant::now();
@@ -126,11 +137,11 @@ pub fn detect_pass(shared: &Shared, now: EpochMillis) {
     let (window, baseline) = {
         let mut w = lock(&shared.windows);
         w.roll(now);
-        let from = now - ms(cfg.detect_window);
+        let (from, base) = detection_ranges(now, ms(cfg.detect_window), ms(cfg.baseline));
         let window = w.snapshot_top(from, now + 1, cfg.detect_fingerprints);
         // The baseline only matters for fingerprints seen recently.
         let recent: rustc_hash::FxHashSet<_> = window.queries.iter().map(|q| q.fingerprint).collect();
-        let baseline = w.snapshot_of(from - ms(cfg.baseline), from, &recent);
+        let baseline = w.snapshot_of(base.0, base.1, &recent);
         // The top fingerprints by time get their own /metrics series.
         let mut top = window.by_fingerprint();
         top.sort_by_key(|r| std::cmp::Reverse(r.stats.db_time()));
@@ -257,4 +268,25 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     });
     shared.ready.store(true, Ordering::Relaxed);
     Ok(Running { grpc, otlp_http, api, shared, stop: stop_tx, tasks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::detection_ranges;
+
+    #[test]
+    fn the_baseline_ends_where_the_windows_first_minute_starts() {
+        // 12:07:30 with a 5-minute window from 12:02:30: the minute bucket
+        // 12:02 is the window's, so the hour's baseline is [11:02, 12:02).
+        let min = 60_000;
+        let now = 1_800_000_000_000 + 7 * min + 30_000;
+        let (from, (b0, b1)) = detection_ranges(now, 5 * min, 60 * min);
+        assert_eq!(from, now - 5 * min);
+        assert_eq!(b1, 1_800_000_000_000 + 2 * min);
+        assert_eq!(b1 - b0, 60 * min);
+        assert!(b1 <= from && from - b1 < min);
+        // On a minute boundary nothing is cut.
+        let (from, (_, b1)) = detection_ranges(1_800_000_000_000, 5 * min, 60 * min);
+        assert_eq!(b1, from);
+    }
 }

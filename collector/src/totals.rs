@@ -116,12 +116,17 @@ fn lowest_equivalent(us: u64) -> u64 {
 /// Counters of one relation on one node.
 #[derive(Clone, Debug, Default)]
 pub struct TableTotals {
+    /// When the series started (ms): a node forgotten and seen again
+    /// starts its series over (see [`Totals::forget_node`]).
+    pub since: EpochMillis,
     pub delta: TableDelta,
 }
 
 /// Counters of one node.
 #[derive(Clone, Debug, Default)]
 pub struct NodeTotals {
+    /// When its series started (ms), as [`TableTotals::since`].
+    pub since: EpochMillis,
     pub batches: u64,
     pub calls: u64,
     /// Database time, seconds.
@@ -249,12 +254,12 @@ impl Totals {
         q
     }
 
-    pub fn add_table(&mut self, key: TableSeries, d: &TableDelta) {
+    pub fn add_table(&mut self, key: TableSeries, d: &TableDelta, now: EpochMillis) {
         if !self.tables.contains_key(&key) && self.tables.len() >= self.max_tables {
             self.tables_folded += 1;
             return;
         }
-        self.tables.entry(key).or_default().delta.merge(d);
+        self.tables.entry(key).or_insert_with(|| TableTotals { since: now, ..TableTotals::default() }).delta.merge(d);
     }
 
     /// Adds what a batch carries besides statements, tables, locks and
@@ -264,10 +269,22 @@ impl Totals {
         n.rest.merge(rest.clone());
     }
 
+    /// A batch of `node` came in: the first call for a node starts its
+    /// series.
     pub fn saw_node(&mut self, node: &Arc<str>, now: EpochMillis) {
-        let n = self.nodes.entry(node.clone()).or_default();
+        let n = self.nodes.entry(node.clone()).or_insert_with(|| NodeTotals { since: now, ..NodeTotals::default() });
         n.batches += 1;
         n.last_seen = now;
+    }
+
+    /// Drops every series of `node` (its statements, relations and own
+    /// counters): the store forgot it, having nothing of it left. Without
+    /// this, nodes that come and go (pods named anew at each restart)
+    /// would add series for good.
+    pub fn forget_node(&mut self, node: &str) {
+        self.queries.remove(node);
+        self.nodes.remove(node);
+        self.tables.retain(|k, _| *k.node != *node);
     }
 
     /// Re-ranks: `top` (best first) are the fingerprints that should have
@@ -380,10 +397,36 @@ mod tests {
         let key =
             |r: &str| TableSeries { node: "n".into(), database: "d".into(), relation: r.into(), parent: "".into() };
         let d = TableDelta { seq_scan: 1, ..TableDelta::default() };
-        t.add_table(key("a"), &d);
-        t.add_table(key("a"), &d);
-        t.add_table(key("b"), &d);
+        t.add_table(key("a"), &d, 10);
+        t.add_table(key("a"), &d, 20);
+        t.add_table(key("b"), &d, 30);
         assert_eq!(t.tables[&key("a")].delta.seq_scan, 2);
+        assert_eq!(t.tables[&key("a")].since, 10, "from its first delta");
         assert_eq!(t.tables_folded, 1);
+    }
+
+    #[test]
+    fn a_forgotten_node_loses_its_series_and_starts_over() {
+        let mut t = Totals::new(10, 10);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let table = |n: &Arc<str>| TableSeries {
+            node: n.clone(),
+            database: "d".into(),
+            relation: "r".into(),
+            parent: "".into(),
+        };
+        for n in [&a, &b] {
+            t.saw_node(n, 10);
+            t.add_queries(n, 10, [(Fingerprint(1), &stats(&[1]))]);
+            t.add_table(table(n), &TableDelta { seq_scan: 1, ..TableDelta::default() }, 10);
+        }
+        t.forget_node("a");
+        assert!(t.query(SeriesFingerprint::One(Fingerprint(1)), "a").is_none());
+        assert!(!t.nodes.contains_key("a") && !t.tables.contains_key(&table(&a)));
+        assert_eq!(t.query(SeriesFingerprint::One(Fingerprint(1)), "b").unwrap().calls, 1, "b keeps its own");
+        assert!(t.nodes.contains_key("b") && t.tables.contains_key(&table(&b)));
+        // Back again: its series start at zero, from then.
+        t.saw_node(&a, 50);
+        assert_eq!((t.nodes[&a].since, t.nodes[&a].batches), (50, 1));
     }
 }

@@ -528,7 +528,7 @@ impl Windows {
                 relation: k.relation.clone(),
                 parent: k.parent.clone(),
             };
-            self.totals.add_table(series, d);
+            self.totals.add_table(series, d, now);
         }
 
         let locks = std::mem::take(&mut obs.locks);
@@ -713,6 +713,16 @@ impl Windows {
                 keep
             });
             self.fingerprint_bytes -= freed;
+            // Nodes with nothing left in any bucket are forgotten, with
+            // their series: else nodes that stopped (a pod renamed at each
+            // restart) would fill `max_nodes` for good and every new node
+            // would fold into `<other>`.
+            let gone: Vec<Arc<str>> =
+                self.nodes.iter().filter(|(_, n)| n.last_seen < oldest).map(|(k, _)| k.clone()).collect();
+            for n in gone {
+                self.nodes.remove(&n);
+                self.totals.forget_node(&n);
+            }
             self.strings.retain(|s| Arc::strong_count(s) > 1);
         }
     }
@@ -1138,6 +1148,28 @@ mod tests {
         assert_eq!(names(&w.snapshot(T0 - MINUTE_MS, later + 1, Some("gone"))), ["gone"]);
         let fps = [w.snapshot(T0, later, None).queries[0].fingerprint].into_iter().collect();
         assert_eq!(names(&w.snapshot_of(T0 - MINUTE_MS, later + 1, &fps)), ["a", "gone"]);
+    }
+
+    /// A node whose data has all expired is forgotten, with its series, so
+    /// nodes that come and go do not fill `max_nodes` for good.
+    #[test]
+    fn a_node_with_nothing_left_is_forgotten_and_frees_its_place() {
+        let cfg = WindowConfig {
+            max_nodes: 1,
+            retention: Duration::from_secs(600),
+            rollup_retention: Duration::from_secs(3600),
+            ..WindowConfig::default()
+        };
+        let mut w = Windows::new(cfg);
+        w.ingest(&res("gone"), obs(T0, &[("SELECT a FROM t", 1_000)]), T0);
+        let later = T0 + 2 * HOUR_MS;
+        w.ingest(&res("new"), obs(later, &[("SELECT a FROM t", 1_000)]), later);
+        let s = w.snapshot(later - MINUTE_MS, later + 1, None);
+        assert_eq!(s.nodes.iter().map(|n| &*n.node).collect::<Vec<_>>(), ["new"], "under its own name");
+        assert_eq!(s.queries[0].node.as_ref(), "new");
+        assert_eq!(w.totals.nodes.keys().map(|k| &**k).collect::<Vec<_>>(), ["new"]);
+        assert!(w.totals.query(SeriesFingerprint::Other, "gone").is_none());
+        assert_eq!(w.health().overflow.node_batches, 0);
     }
 
     /// A rollup holds the minutes past the retention only: a short range
