@@ -52,28 +52,65 @@
 //!   the rest of the text: a truncated string becomes one placeholder, a
 //!   truncated quoted identifier and a truncated comment are dropped.
 //!
-//! # Limits
+//! # Backslashes
 //! Strings are read with `standard_conforming_strings = on` (the default since
 //! PostgreSQL 9.1): in a plain `'…'` a backslash is an ordinary character.
+//! A text with a backslash is also read with backslash escapes (the setting
+//! off, or text written for it, logged when it fails); where the two
+//! readings disagree about where a string ends, everything from that string
+//! on is one placeholder, so neither reading's words come out — except when
+//! only the escaped reading runs a string to the end of the text, which a
+//! server with the setting off would have refused (`'C:\dir\', 1`).
 
 use memchr::{memchr, memchr2, memmem};
 
 /// Masks every literal of `sql`, appending the literal-free shape to `out`.
 pub fn mask_into(sql: &str, out: &mut String) {
     let start = out.len();
-    if mask_pass(sql, out, false) && sql.contains('\\') {
-        // A string left open at the end, and backslashes: the text was most
-        // likely written for standard_conforming_strings = off
-        // (`'O\'Brien secret'`, which then fails with a syntax error but is
-        // still logged). Read with backslash escapes, so the rest of such a
-        // string cannot come out as words.
-        let standard = out[start..].to_owned();
+    let standard_open = mask_pass(sql, out, false);
+    if !sql.contains('\\') {
+        return;
+    }
+    // A backslash in a plain `'…'` string ends it or escapes its quote
+    // depending on standard_conforming_strings, which the log does not
+    // say: the server may have run the text (`= off`), or refused it and
+    // logged it as an error (`= on`, `'O\'Brien'`). Read both ways; where
+    // the readings agree, either is safe.
+    let standard = out[start..].to_owned();
+    out.truncate(start);
+    let escaped_open = mask_pass(sql, out, true);
+    if out[start..] == standard || (escaped_open && !standard_open) {
+        // Agreed; or read with escapes a string runs to the end of the text
+        // (`'C:\dir\', 1`), which a server that reads them refuses: the
+        // standard reading (the default since 9.1) is the text as it ran.
         out.truncate(start);
-        if mask_pass(sql, out, true) && standard.len() < out.len() - start {
-            // Open either way: keep the reading that swallowed more of the
-            // text into its final placeholder.
-            out.truncate(start);
-            out.push_str(&standard);
+        out.push_str(&standard);
+        return;
+    }
+    // They disagree about where a string ends, so what one reads as words
+    // the other reads as a value (`'It\'s me', 'Dublin\'s'` leaks `me`
+    // one way; `replace(p, '\', '/') = 'C:/Users/…` leaks the path the
+    // other way). Nothing from the first string they part at may come out
+    // as words: it becomes one placeholder, as an unterminated string does.
+    out.truncate(start);
+    let cut = first_backslash_string(sql.as_bytes());
+    let mut head = String::with_capacity(cut + 1);
+    head.push_str(&sql[..cut]);
+    head.push('\'');
+    let _open = mask_pass(&head, out, false);
+}
+
+/// Where the first plain `'…'` string holding a backslash starts, read
+/// with standard strings: up to there both readings lex alike (0 if there
+/// is none, which cannot be when they disagree: then everything is folded).
+fn first_backslash_string(bytes: &[u8]) -> usize {
+    let mut lx = Lexer::new(bytes, false);
+    loop {
+        let tok = lx.next();
+        match tok.kind {
+            Kind::Eof => return 0,
+            Kind::Str if bytes[tok.start] == b'\'' && bytes[tok.start..tok.end].contains(&b'\\') => return tok.start,
+            _ => {}
         }
     }
 }
@@ -958,7 +995,21 @@ mod tests {
         // standard_conforming_strings = off (it fails, and is logged).
         check(&[
             ("SELECT * FROM acc WHERE note = 'O\\'Brien hunter2';", "SELECT * FROM acc WHERE note = $1"),
-            ("UPDATE t SET a = 'x\\'y', b = 'it''s' WHERE c = 'z\\\\'", "UPDATE t SET a = $1, b = $2 WHERE c = $3"),
+            // Either reading may be the server's: from the first string
+            // they disagree on, one placeholder.
+            ("UPDATE t SET a = 'x\\'y', b = 'it''s' WHERE c = 'z\\\\'", "UPDATE t SET a = $1"),
+            // Balanced both ways, but words one way: `me`, `Dublin`.
+            ("UPDATE users SET bio = 'It\\'s me', city = 'Dublin\\'s fair'", "UPDATE users SET bio = $1"),
+            // Balanced only with escapes, the path words that way.
+            (
+                "SELECT * FROM docs WHERE replace(path, '\\', '/') = 'C:/Users/alice/salary.xlsx",
+                "SELECT * FROM docs WHERE replace(path, $1",
+            ),
+            // Where both readings agree, nothing is folded.
+            (
+                "SELECT a FROM t WHERE x ~ '\\d+' AND c = 'z\\\\' AND d = 1",
+                "SELECT a FROM t WHERE x ~ $1 AND c = $2 AND d = $3",
+            ),
         ]);
         // Balanced only when read with escapes.
         let got = mask("SELECT 'a\\' zqzq 'b");
