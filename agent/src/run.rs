@@ -840,10 +840,14 @@ fn new_parser(
     let name = chunk.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let head = &chunk.data[..chunk.data.len().min(64 << 10)];
     let format = logs.format.unwrap_or_else(|| logparse::detect_format(&name, head));
+    let mut alternatives = Vec::new();
     let prefix = match (&logs.prefix, format) {
         (Some(p), _) => Some(p.clone()),
         (None, LogFormat::Stderr) => {
-            let detected = logparse::detect_prefix(head);
+            let detected = logparse::detect_prefix_with_alternatives(head).map(|(p, others)| {
+                alternatives = others;
+                p
+            });
             let key = format!("prefix {}", chunk.path.display());
             match &detected {
                 None if said.insert(key.clone()) => eprintln!(
@@ -863,7 +867,7 @@ fn new_parser(
         _ => None,
     };
     match Parser::new(format, prefix, logs.max_entry_bytes) {
-        Ok(parser) => Ok(parser),
+        Ok(parser) => Ok(parser.with_alternatives(alternatives)),
         Err(e) => {
             // Only a built-in fallback prefix could fail here (a
             // configured one was validated): skip the file, counted.

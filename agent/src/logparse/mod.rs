@@ -109,6 +109,21 @@ pub fn detect_format(name: &str, head: &[u8]) -> LogFormat {
 /// prefix, when it recognizes at least a fifth of the lines. `None` when the
 /// text does not look like a PostgreSQL stderr log at all.
 pub fn detect_prefix(head: &[u8]) -> Option<Prefix> {
+    detect_prefix_with_alternatives(head).map(|(p, _)| p)
+}
+
+/// [`detect_prefix`], and the candidates the head could not tell from it.
+///
+/// Lines of background processes (checkpointer, autovacuum launcher) stop
+/// at `%q`, so they match every candidate that shares the part before it:
+/// `%m [%p] %q%u@%d ` (Debian's) and `%m [%p] %q%u@%d/%a …` alike. A file
+/// that starts with such lines (a rotation at a quiet hour) once got the
+/// first of those, and every session line after it went unparsed: the
+/// whole file lost. Lines that get past `%q` (with a user or database)
+/// now rank first, and when there are none the tied candidates come back
+/// as alternatives for the parser to settle on at the first session line
+/// ([`Parser::with_alternatives`]).
+pub fn detect_prefix_with_alternatives(head: &[u8]) -> Option<(Prefix, Vec<Prefix>)> {
     let lines: Vec<&[u8]> = head.split(|b| *b == b'\n').filter(|l| !l.is_empty() && l[0] != b'\t').take(400).collect();
     if lines.is_empty() {
         return None;
@@ -116,32 +131,43 @@ pub fn detect_prefix(head: &[u8]) -> Option<Prefix> {
     // A hit counts only when the user and database it found contain no
     // space: free-text fields may contain spaces in principle, and a wrong
     // candidate would otherwise "match" by swallowing the rest of the prefix.
+    // (lines matched, of which past `%q`)
     let count = |p: &Prefix| {
-        lines
-            .iter()
-            .filter(|l| {
-                p.matches(l).is_some_and(|m| {
-                    [&m.fields.user, &m.fields.database]
-                        .into_iter()
-                        .flatten()
-                        .all(|r| !l[r.clone()].iter().any(u8::is_ascii_whitespace))
-                })
-            })
-            .count()
+        let (mut hits, mut full) = (0, 0);
+        for l in &lines {
+            let Some(m) = p.matches(l) else { continue };
+            let named = m.read_session_names(l);
+            if !named && (m.fields.user.is_some() || m.fields.database.is_some()) {
+                continue;
+            }
+            hits += 1;
+            full += usize::from(named);
+        }
+        (hits, full)
     };
     let heuristic = Prefix::heuristic();
-    let heuristic_hits = count(&heuristic);
-    let mut best: Option<(usize, Prefix)> = None;
+    let heuristic_hits = count(&heuristic).0;
+    // (full, hits) first, then the list's order.
+    let mut ranked: Vec<((usize, usize), Prefix)> = Vec::new();
     for p in COMMON_PREFIXES {
         let Ok(prefix) = Prefix::compile(p) else { continue };
-        let hits = count(&prefix);
-        if hits > best.as_ref().map_or(0, |b| b.0) {
-            best = Some((hits, prefix));
+        let (hits, full) = count(&prefix);
+        if hits > 0 {
+            ranked.push(((full, hits), prefix));
         }
     }
-    match best {
-        Some((hits, p)) if hits * 100 >= heuristic_hits * 95 && hits * 5 >= lines.len() => Some(p),
-        _ if heuristic_hits * 5 >= lines.len() => Some(heuristic),
+    ranked.sort_by_key(|(score, _)| std::cmp::Reverse(*score));
+    let mut ranked = ranked.into_iter();
+    match ranked.next() {
+        Some(((full, hits), p)) if hits * 100 >= heuristic_hits * 95 && hits * 5 >= lines.len() => {
+            let alternatives = if full == 0 {
+                ranked.filter(|(score, _)| *score == (full, hits)).map(|(_, p)| p).collect()
+            } else {
+                Vec::new()
+            };
+            Some((p, alternatives))
+        }
+        _ if heuristic_hits * 5 >= lines.len() => Some((heuristic, Vec::new())),
         _ => None,
     }
 }
@@ -167,6 +193,16 @@ impl Parser {
             LogFormat::Csv => Parser::Csv(csvlog::CsvParser::new(cap)),
             LogFormat::Json => Parser::Json(jsonlog::JsonParser::new(cap)),
         })
+    }
+
+    /// Other prefixes the detection could not tell from the one in use:
+    /// the first line none of them fails on settles it (stderr only).
+    #[must_use]
+    pub fn with_alternatives(mut self, alternatives: Vec<Prefix>) -> Self {
+        if let Parser::Stderr(p) = &mut self {
+            p.set_alternatives(alternatives);
+        }
+        self
     }
 
     pub fn parse<F: FnMut(LogEntry<'_>)>(&mut self, buf: &[u8], eof: bool, sink: &mut F) -> usize {
@@ -217,5 +253,35 @@ mod tests {
         assert!(detect_prefix(b"nothing here\nat all\n").is_none());
         let odd = b"2026-11-24 09:00:00 UTC <12> ~a~ LOG:  x\n2026-11-24 09:00:00 UTC <12> ~a~ DETAIL:  y\n";
         assert!(detect_prefix(odd).unwrap().is_heuristic());
+    }
+
+    /// Debian's `%m [%p] %q%u@%d `: a file that starts with background
+    /// lines cannot tell it from the longer `%q%u@%d/%a …`; the first
+    /// session line settles it, and no line is lost.
+    #[test]
+    fn a_head_of_background_lines_is_settled_by_the_first_session_line() {
+        let head = b"2026-11-24 09:00:00.001 UTC [57] LOG:  checkpoint starting: time\n\
+2026-11-24 09:00:01.002 UTC [57] LOG:  checkpoint complete: wrote 3 buffers (0.0%)\n";
+        let (p, alternatives) = detect_prefix_with_alternatives(head).unwrap();
+        let mut all: Vec<&str> = alternatives.iter().map(Prefix::as_str).collect();
+        all.push(p.as_str());
+        assert!(all.contains(&"%m [%p] %q%u@%d "), "{all:?}");
+        assert!(all.len() >= 2, "ambiguous: {all:?}");
+
+        let session = b"2026-11-24 09:00:02.003 UTC [1234] app@shop LOG:  duration: 1.500 ms  statement: SELECT 1\n";
+        let text = [&head[..], &session[..], &session[..]].concat();
+        let mut parser = Parser::new(LogFormat::Stderr, Some(p), 1 << 20).unwrap().with_alternatives(alternatives);
+        let mut users = Vec::new();
+        parser.parse(&text, true, &mut |e: LogEntry<'_>| {
+            users.push((e.user.map(|u| u.into_owned()), e.database.map(|d| d.into_owned())))
+        });
+        assert_eq!(users.len(), 4, "{users:?}");
+        assert_eq!(users[2], (Some("app".to_owned()), Some("shop".to_owned())));
+        assert_eq!(users[3], users[2]);
+        assert_eq!(parser.stats().unparsed, 0);
+
+        // Session lines in the head: no alternatives.
+        let (p, alternatives) = detect_prefix_with_alternatives(&text).unwrap();
+        assert_eq!((p.as_str(), alternatives.len()), ("%m [%p] %q%u@%d ", 0));
     }
 }

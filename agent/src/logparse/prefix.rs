@@ -106,6 +106,17 @@ pub struct PrefixMatch {
     pub message_start: usize,
 }
 
+impl PrefixMatch {
+    /// It read a user or a database name (the line got past any `%q`: a
+    /// session's line), and neither holds a space. A wrong prefix whose
+    /// free-text field swallowed the rest of the real prefix would hold one.
+    pub fn read_session_names(&self, line: &[u8]) -> bool {
+        let names = [&self.fields.user, &self.fields.database];
+        names.iter().any(|r| r.is_some())
+            && names.into_iter().flatten().all(|r| !line[r.clone()].iter().any(u8::is_ascii_whitespace))
+    }
+}
+
 /// A compiled `log_line_prefix`.
 #[derive(Clone, Debug)]
 pub struct Prefix {

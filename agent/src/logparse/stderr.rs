@@ -20,6 +20,8 @@ use std::ops::Range;
 #[derive(Debug)]
 pub struct StderrParser {
     prefix: Prefix,
+    /// Prefixes the detection could not tell from `prefix` yet.
+    alternatives: Vec<Prefix>,
     cap: usize,
     /// Inside the rest of an over-long line already handled.
     skip_line: bool,
@@ -55,7 +57,30 @@ struct Pending {
 
 impl StderrParser {
     pub fn new(prefix: Prefix, cap: usize) -> Self {
-        StderrParser { prefix, cap, skip_line: false, skip_entry: false, base_line: 0, stats: ParseStats::default() }
+        StderrParser {
+            prefix,
+            alternatives: Vec::new(),
+            cap,
+            skip_line: false,
+            skip_entry: false,
+            base_line: 0,
+            stats: ParseStats::default(),
+        }
+    }
+
+    /// Prefixes the detection could not tell from `prefix` (see
+    /// [`super::detect_prefix_with_alternatives`]).
+    pub fn set_alternatives(&mut self, alternatives: Vec<Prefix>) {
+        self.alternatives = alternatives;
+    }
+
+    /// A line the prefix in use does not match: one of the alternatives
+    /// that matches it past `%q` takes over for good.
+    fn settle(&mut self, line: &[u8]) -> Option<PrefixMatch> {
+        let i = self.alternatives.iter().position(|p| p.matches(line).is_some_and(|m| m.read_session_names(line)))?;
+        self.prefix = self.alternatives.swap_remove(i);
+        self.alternatives.clear();
+        self.prefix.matches(line)
     }
 
     pub fn stats(&self) -> &ParseStats {
@@ -162,7 +187,16 @@ impl StderrParser {
             }
             return;
         }
-        let Some(m) = self.prefix.matches(line) else {
+        let mut m = self.prefix.matches(line);
+        if !self.alternatives.is_empty() {
+            if m.as_ref().is_some_and(|m| m.read_session_names(line)) {
+                // A session's line the prefix in use reads: settled.
+                self.alternatives.clear();
+            } else if let Some(other) = self.settle(line) {
+                m = Some(other);
+            }
+        }
+        let Some(m) = m else {
             match pending.as_mut() {
                 Some(p) => p.unparsed += 1,
                 None if self.skip_entry => {}
