@@ -104,6 +104,9 @@ struct Session {
     /// The last statement this session ran (for naming lock blockers).
     /// Empty when none; reused, so recording it costs a copy, not an allocation.
     last_statement: String,
+    /// When it was last used (the sessionizer's entry count), so that a full
+    /// table forgets the sessions idle longest.
+    used: u64,
 }
 
 /// Counters of what the sessionizer could not pair.
@@ -124,7 +127,13 @@ pub struct Sessionizer {
     max_sessions: usize,
     max_text: usize,
     stats: SessionStats,
+    /// Entries seen: the clock of [`Session::used`].
+    clock: u64,
 }
+
+/// What PostgreSQL logs for an Execute that continues a portal already
+/// run (`execute_is_fetch` in postgres.c), instead of `execute `.
+const FETCH: &str = "execute fetch from ";
 
 /// Default bound on sessions tracked at once.
 pub const DEFAULT_MAX_SESSIONS: usize = 20_000;
@@ -138,6 +147,7 @@ impl Sessionizer {
             max_sessions,
             max_text,
             stats: SessionStats::default(),
+            clock: 0,
         }
     }
 
@@ -148,6 +158,7 @@ impl Sessionizer {
     /// Classifies one entry, calls `sink` with its event if it has one, and
     /// returns its message class.
     pub fn process<'e, F: FnMut(Event<'_>)>(&mut self, entry: &'e LogEntry<'e>, sink: &mut F) -> &'static str {
+        self.clock += 1;
         // Parallel workers log without user and database; their lines
         // (temp files, errors) belong to the leader's session.
         let leader_ident;
@@ -172,6 +183,18 @@ impl Sessionizer {
         let msg: &str = &entry.message;
         let severity = entry.severity.unwrap_or(Severity::Log);
         if severity.is_error() {
+            // The session's statement failed: it will log no duration, and
+            // the next bare `duration:` (say of a ROLLBACK that is not
+            // logged) must not pair with it. Failed statements count as
+            // errors, not calls.
+            if let Some(k) = entry.session_key()
+                && let Some(s) = self.sessions.get_mut(&k)
+            {
+                s.pending_text = None;
+                if s.pre_exec.take().is_some() {
+                    self.stats.unattributed_durations += 1;
+                }
+            }
             let statement = entry.statement.as_deref();
             sink(Event::Error { ctx, sqlstate: entry.sqlstate, message: msg, statement });
             if msg.starts_with("deadlock detected") {
@@ -189,6 +212,11 @@ impl Sessionizer {
         }
         if let Some(text) = msg.strip_prefix("statement: ") {
             self.remember_statement(entry, text);
+            return class::STATEMENT;
+        }
+        if msg.starts_with(FETCH) {
+            // More rows of a portal already executed: no new call (see
+            // `duration`), so nothing for a duration to pair with.
             return class::STATEMENT;
         }
         if let Some(rest) = msg.strip_prefix("execute ")
@@ -227,16 +255,31 @@ impl Sessionizer {
 
     fn session(&mut self, key: SessionKey, pid: Option<u32>) -> &mut Session {
         if !self.sessions.contains_key(&key) && self.sessions.len() >= self.max_sessions {
-            // Bounded state: forget everything pending rather than grow.
-            // Rare (it needs more concurrent sessions than the bound), counted.
-            self.stats.evicted_sessions += self.sessions.len() as u64;
-            self.sessions.clear();
-            self.pids.clear();
+            self.forget_idle_sessions();
         }
         if let Some(pid) = pid {
             self.pids.insert(pid, key);
         }
-        self.sessions.entry(key).or_default()
+        let s = self.sessions.entry(key).or_default();
+        s.used = self.clock;
+        s
+    }
+
+    /// Bounded state: the half of the sessions idle longest is forgotten,
+    /// counted. Sessions leave only with a `disconnection:` line, which
+    /// `log_disconnections` (off by default) writes, so without it the
+    /// table fills with every session ever seen; clearing it whole then
+    /// dropped the pairing state of the sessions still running, every few
+    /// minutes on a server with short connections.
+    fn forget_idle_sessions(&mut self) {
+        let mut used: Vec<u64> = self.sessions.values().map(|s| s.used).collect();
+        let mid = used.len() / 2;
+        let (_, &mut cut, _) = used.select_nth_unstable(mid);
+        let before = self.sessions.len();
+        self.sessions.retain(|_, s| s.used > cut);
+        self.stats.evicted_sessions += (before - self.sessions.len()) as u64;
+        let sessions = &self.sessions;
+        self.pids.retain(|_, k| sessions.contains_key(k));
     }
 
     fn remember_statement(&mut self, entry: &LogEntry<'_>, text: &str) {
@@ -312,6 +355,15 @@ impl Sessionizer {
                 self.session(k, entry.pid).pre_exec = Some((h, earlier + duration));
                 return class::DURATION;
             }
+        }
+        if what.starts_with(FETCH) {
+            // A client fetching a portal's rows in batches (JDBC's
+            // setFetchSize) logs `execute fetch from S_1/C_2: …` for each
+            // batch after the first: the call was counted by its first
+            // `execute` (pg_stat_statements counts one too), and that call
+            // has left already, so this time is counted as unattributed.
+            self.stats.unattributed_durations += 1;
+            return class::DURATION;
         }
         if let Some(rest) = what.strip_prefix("execute ")
             && let Some((_, text)) = rest.split_once(": ")
@@ -544,6 +596,63 @@ mod tests {
             ]
         );
         assert_eq!(stats.unattributed_durations, 0);
+    }
+
+    #[test]
+    fn a_portal_fetched_in_batches_is_one_call() {
+        let (seen, _, stats) = run(&[
+            entry(1, "duration: 3.100 ms  execute S_1/C_2: SELECT * FROM big"),
+            entry(1, "duration: 2.900 ms  execute fetch from S_1/C_2: SELECT * FROM big"),
+            entry(1, "duration: 2.800 ms  execute fetch from S_1/C_2: SELECT * FROM big"),
+            // log_statement + log_duration: the fetch is no statement either.
+            entry(2, "execute S_1/C_3: SELECT * FROM big"),
+            entry(2, "duration: 1.000 ms"),
+            entry(2, "execute fetch from S_1/C_3: SELECT * FROM big"),
+            entry(2, "duration: 1.000 ms"),
+        ]);
+        assert_eq!(
+            seen,
+            vec![Seen::Stmt(ms(3.1), "SELECT * FROM big".into()), Seen::Stmt(ms(1.0), "SELECT * FROM big".into())]
+        );
+        assert_eq!(stats.unattributed_durations, 3);
+    }
+
+    #[test]
+    fn a_failed_statement_is_not_paired_with_the_next_duration() {
+        let mut failed = entry(1, "relation \"nope\" does not exist");
+        failed.severity = Some(Severity::Error);
+        let (seen, _, stats) = run(&[
+            entry(1, "statement: UPDATE nope SET a = 1"),
+            failed,
+            // The client's ROLLBACK, not logged by log_statement = 'mod'.
+            entry(1, "duration: 0.050 ms"),
+            entry(1, "statement: UPDATE t SET a = 1"),
+            entry(1, "duration: 2.000 ms"),
+        ]);
+        assert_eq!(seen.iter().filter(|s| matches!(s, Seen::Stmt(..))).count(), 1, "{seen:?}");
+        assert!(seen.contains(&Seen::Stmt(ms(2.0), "UPDATE t SET a = 1".into())));
+        assert_eq!(stats.unattributed_durations, 1);
+    }
+
+    #[test]
+    fn a_full_session_table_forgets_the_sessions_idle_longest() {
+        let mut s = Sessionizer::new(4, 1 << 20);
+        let mut sink = |_: Event<'_>| {};
+        // Session 1 has a statement waiting for its duration, and stays busy.
+        s.process(&entry(1, "statement: SELECT 1"), &mut sink);
+        for pid in 2..=6 {
+            s.process(&entry(pid, "statement: SELECT 2"), &mut sink);
+            // Its client prepares something: the session is in use.
+            s.process(&entry(1, "duration: 0.010 ms  parse S_9: SELECT 9"), &mut sink);
+        }
+        let mut got = Vec::new();
+        s.process(&entry(1, "duration: 1.000 ms"), &mut |e| {
+            if let Event::Statement { text, .. } = e {
+                got.push(text.into_owned());
+            }
+        });
+        assert_eq!(got, ["SELECT 1"], "the busy session kept its pending statement");
+        assert!(s.stats().evicted_sessions >= 1 && s.sessions.len() <= 4);
     }
 
     #[test]
