@@ -423,6 +423,13 @@ impl Config {
                 format!("a client certificate is presented over TLS only: {endpoint:?} must start with https://"),
             ));
         }
+        // A zero timeout failed every request at once (everything went to
+        // the spool, "timed out"); one past a minute holds a batch far past
+        // the retry budget.
+        let timeout = x.timeout.unwrap_or(Duration::from_secs(10));
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
+            return Err(invalid("export.timeout", "must be between 100ms and 60s (the default is 10s)"));
+        }
         let resource = match env.get("OTEL_RESOURCE_ATTRIBUTES") {
             Some(r) => parse_pairs("OTEL_RESOURCE_ATTRIBUTES", r)?,
             None => BTreeMap::new(),
@@ -438,7 +445,7 @@ impl Config {
                 endpoint,
                 protocol,
                 headers,
-                timeout: x.timeout.unwrap_or(Duration::from_secs(10)),
+                timeout,
                 gzip,
                 query_text,
                 spool_max_bytes: x.spool_max_bytes.unwrap_or(256 << 20),
@@ -603,6 +610,8 @@ bearer_token = "s3cret"
                 "masked (literals replaced) or fingerprint",
             ),
             ("node = \"n\"\ninterval = \"10ms\"\n[logs]\ndirectory = \"/x\"", "at least 1s"),
+            ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\ntimeout = \"0s\"", "export.timeout"),
+            ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\ntimeout = \"1h\"", "between 100ms and 60s"),
             ("node = \"n\"\ninterval = \"soon\"\n[logs]\ndirectory = \"/x\"", "interval"),
         ];
         for (text, want) in cases {

@@ -640,6 +640,29 @@ mod export {
     }
 
     #[tokio::test]
+    async fn a_throttle_asking_for_no_wait_is_not_retried_in_a_loop() {
+        for protocol in PROTOCOLS {
+            let collector = Arc::new(Collector::default());
+            let addr = free_addr().await;
+            let server = Server::start(protocol, collector.clone(), addr).await;
+            let state = tempfile::tempdir().unwrap();
+            // `Retry-After: 0` / a zero RetryInfo, three times.
+            let (h, mut rx) = start(&config(protocol, addr, true, 1 << 20), state.path(), options());
+            collector.script([Reply::Throttle(Duration::ZERO); 3]);
+            submit_all(&h, [0]).await;
+            assert_eq!(receipt(&mut rx).await.outcome, Outcome::Acked, "{protocol:?}");
+            let seen = collector.seen();
+            assert_eq!(seen.iter().filter(|s| s.signal == "metrics").count(), 4, "{protocol:?}");
+            // At least half of each backoff ceiling: 10 + 20 + 40 ms.
+            let waited = seen[3].at - seen[0].at;
+            assert!(waited >= Duration::from_millis(70), "{protocol:?}: three throttles in {waited:?}");
+            let c = h.shutdown().await;
+            assert_eq!((c.throttled, c.batches_acked, c.spooled_batches), (3, 1, 0), "{protocol:?}");
+            server.stop().await;
+        }
+    }
+
+    #[tokio::test]
     async fn retryable_errors_are_retried_then_succeed() {
         for protocol in PROTOCOLS {
             let collector = Arc::new(Collector::default());

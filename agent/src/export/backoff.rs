@@ -48,9 +48,24 @@ impl Backoff {
 
     /// The delay after one more failure.
     pub(crate) fn next_delay(&mut self) -> Duration {
+        self.next_ceiling().mul_f64(unit_random())
+    }
+
+    /// The wait after one more throttled attempt: what the collector asked
+    /// for, and at least half of the backoff's ceiling (equal jitter). A
+    /// collector or proxy that asks for no wait at all (`Retry-After: 0`,
+    /// a date already past through clock skew, a zero `RetryInfo`) was
+    /// otherwise asked again at once, in a loop, by every agent.
+    pub(crate) fn throttled(&mut self, asked: Duration) -> Duration {
+        let ceiling = self.next_ceiling();
+        asked.max(ceiling / 2 + (ceiling / 2).mul_f64(unit_random()))
+    }
+
+    /// The ceiling for this failure, counted.
+    fn next_ceiling(&mut self) -> Duration {
         let ceiling = self.initial.saturating_mul(2u32.saturating_pow(self.failures.min(31))).min(self.max);
         self.failures = self.failures.saturating_add(1);
-        ceiling.mul_f64(unit_random())
+        ceiling
     }
 
     pub(crate) fn reset(&mut self) {
@@ -87,5 +102,23 @@ mod tests {
         assert!(b.next_delay() < Duration::from_millis(100));
         let delays: std::collections::BTreeSet<_> = (0..20).map(|_| Backoff::new(&policy).next_delay()).collect();
         assert!(delays.len() > 1, "jitter");
+    }
+
+    #[test]
+    fn a_throttle_asking_for_no_wait_still_backs_off() {
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            max_elapsed: Duration::from_secs(10),
+        };
+        let mut b = Backoff::new(&policy);
+        let mut ceiling = Duration::from_millis(100);
+        for _ in 0..10 {
+            let w = b.throttled(Duration::ZERO);
+            assert!(w >= ceiling / 2 && w < ceiling, "{w:?} for a ceiling of {ceiling:?}");
+            ceiling = (ceiling * 2).min(Duration::from_secs(1));
+        }
+        // What the collector asks for, when longer, is waited in full.
+        assert_eq!(Backoff::new(&policy).throttled(Duration::from_secs(7)), Duration::from_secs(7));
     }
 }

@@ -427,7 +427,7 @@ impl Exporter {
             let wait = match &failure {
                 Failure::Throttled { delay, .. } => {
                     ExportHealth::add(&self.health.throttled, 1);
-                    *delay
+                    backoff.throttled(*delay)
                 }
                 _ => {
                     ExportHealth::add(&self.health.retryable_failures, 1);
@@ -569,7 +569,7 @@ impl Exporter {
 
     fn schedule_drain(&mut self, failure: &Failure) {
         let wait = match failure {
-            Failure::Throttled { delay, .. } => *delay,
+            Failure::Throttled { delay, .. } => self.drain_backoff.throttled(*delay),
             _ => self.drain_backoff.next_delay(),
         };
         self.next_drain = Instant::now() + wait;

@@ -1,14 +1,22 @@
 //! `pg_stat_user_tables` + `pg_statio_user_tables` snapshots of one
 //! database and the pure [`diff_tables`] into [`TableDelta`]s.
 //!
-//! The rules are the statement rules (see [`super::statements`]) with the
-//! database's `pg_stat_database.stats_reset` in place of
-//! `pg_stat_statements_info.stats_reset`: a changed reset time
-//! (`pg_stat_reset()`) makes every current counter post-reset activity; a
-//! counter going down (`pg_stat_reset_single_table_counters()`) makes that
-//! relation's current counters the delta; a restart or crash restart is a
-//! new baseline; a relation absent from the previous snapshot was created
-//! since (every user table of the database is in every snapshot).
+//! The rules are the statement rules (see [`super::statements`]) but for
+//! one: the database's `pg_stat_database.stats_reset` is reported, not
+//! trusted. PostgreSQL moves it for `pg_stat_reset()` of the whole
+//! database and also for a single relation's or function's reset
+//! (`pg_stat_reset_single_table_counters()`; `pgstat_reset()` updates the
+//! database's timestamp too), so taking it as "every counter restarted"
+//! sent every other table's lifetime counters as one interval's activity.
+//! Instead, per relation: a table-level counter going down makes that
+//! relation's current counters the delta (after a database reset, every
+//! busy relation's counters go down); a restart or crash restart is a new
+//! baseline; a relation absent from the previous snapshot was created since
+//! (every user table of the database is in every snapshot).
+//!
+//! `idx_scan` and `idx_tup_fetch` are sums over the relation's current
+//! indexes: they go down when an index is dropped, which is no reset, so
+//! they alone going down gives them a zero delta.
 
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
@@ -39,8 +47,9 @@ impl Counters for TableCounters {
         Some(TableCounters {
             seq_scan: self.seq_scan.checked_sub(e.seq_scan)?,
             seq_tup_read: self.seq_tup_read.checked_sub(e.seq_tup_read)?,
-            idx_scan: self.idx_scan.checked_sub(e.idx_scan)?,
-            idx_tup_fetch: self.idx_tup_fetch.checked_sub(e.idx_tup_fetch)?,
+            // Sums over the current indexes: a dropped index lowers them.
+            idx_scan: self.idx_scan.saturating_sub(e.idx_scan),
+            idx_tup_fetch: self.idx_tup_fetch.saturating_sub(e.idx_tup_fetch),
             n_tup_ins: self.n_tup_ins.checked_sub(e.n_tup_ins)?,
             n_tup_upd: self.n_tup_upd.checked_sub(e.n_tup_upd)?,
             n_tup_del: self.n_tup_del.checked_sub(e.n_tup_del)?,
@@ -137,14 +146,14 @@ pub fn diff_tables(prev: &TableSnapshot, cur: &TableSnapshot, report: &mut Table
         report.restart = true;
         return Vec::new();
     }
-    let reset_all = cur.stats_reset.is_some() && cur.stats_reset != prev.stats_reset;
-    report.reset |= reset_all;
+    // Reported, not acted on: see the module doc.
+    report.reset |= cur.stats_reset.is_some() && cur.stats_reset != prev.stats_reset;
     report.disappeared += prev.entries.keys().filter(|k| !cur.entries.contains_key(k)).count() as u64;
     let mut deltas = Vec::new();
     for (&relid, entry) in &cur.entries {
         let previous = prev.entries.get(&relid).map_or(Previous::Absent, |p| Previous::Seen(&p.counters));
-        if let Some((origin, counters)) = entry_delta(previous, &entry.counters, reset_all) {
-            if origin == DeltaOrigin::Reset && !reset_all {
+        if let Some((origin, counters)) = entry_delta(previous, &entry.counters, false) {
+            if origin == DeltaOrigin::Reset {
                 report.entries_reset += 1;
             }
             deltas.push(TableDelta {
@@ -252,11 +261,31 @@ mod tests {
         assert_eq!(d[2].partition_parent, Some(rel("parent")));
         assert_eq!((r.entries_reset, r.disappeared), (1, 1));
 
-        // pg_stat_reset(): NULL → a time is a reset too.
+        // pg_stat_reset() of the database (NULL → a time): every busy
+        // relation's counters went down, so each gives what it has now.
         let mut r = TableDiffReport::default();
-        let d = diff_tables(&snap(0, None, &[(1, 5)]), &snap(10, Some(5), &[(1, 7)]), &mut r);
-        assert_eq!(scans(&d), [(1, 7, DeltaOrigin::Reset)]);
+        let d = diff_tables(&snap(0, None, &[(1, 5), (2, 9)]), &snap(10, Some(5), &[(1, 2), (2, 1)]), &mut r);
+        assert_eq!(scans(&d), [(1, 2, DeltaOrigin::Reset), (2, 1, DeltaOrigin::Reset)]);
         assert!(r.reset);
+        // pg_stat_reset_single_table_counters() of relation 2 moves the
+        // database's reset time too: relation 1 still gives its increment,
+        // not its lifetime counters.
+        let mut r = TableDiffReport::default();
+        let d = diff_tables(&snap(0, Some(1), &[(1, 500), (2, 9)]), &snap(10, Some(5), &[(1, 507), (2, 1)]), &mut r);
+        assert_eq!(scans(&d), [(1, 7, DeltaOrigin::Increment), (2, 1, DeltaOrigin::Reset)]);
+        assert!(r.reset);
+
+        // DROP INDEX: the index sums go down, the table's counters do not.
+        let with = |seq_scan, idx_scan| TableCounters {
+            seq_scan,
+            idx_scan,
+            idx_tup_fetch: idx_scan * 2,
+            ..TableCounters::default()
+        };
+        assert_eq!(
+            entry_delta(Previous::Seen(&with(100, 5_000)), &with(103, 20), false),
+            Some((DeltaOrigin::Increment, with(3, 0)))
+        );
 
         let mut restarted = snap(10, None, &[(1, 50)]);
         restarted.server.postmaster_start = at(5);
@@ -287,7 +316,9 @@ mod tests {
                 for &(relid, n, what) in ops {
                     clock += 1;
                     match what {
-                        0 => { truth.insert(relid, 0); any_reset = true; }
+                        // A single relation's reset moves the database's
+                        // reset time too (PostgreSQL's pgstat_reset()).
+                        0 => { truth.insert(relid, 0); reset_at = Some(clock); any_reset = true; }
                         1 => { truth.values_mut().for_each(|v| *v = 0); reset_at = Some(clock); any_reset = true; }
                         _ => { *truth.entry(relid).or_default() += n; *gained.entry(relid).or_default() += n; }
                     }
