@@ -241,7 +241,9 @@ fn expand_paths(paths: &[String]) -> anyhow::Result<Vec<PathBuf>> {
                 bail!("no file matches {p}");
             }
             files.sort();
-            out.extend(files);
+            // As for a directory: `postgresql-*` with log_destination =
+            // 'stderr,csvlog' matches each log twice, once per format.
+            out.extend(one_format_per_log(files));
         } else {
             bail!("{p}: no such file or directory");
         }
@@ -303,6 +305,8 @@ fn one_format_per_log(files: Vec<PathBuf>) -> Vec<PathBuf> {
 enum FileError {
     #[error("cannot open: {0}")]
     Open(std::io::Error),
+    #[error("nothing could be read (the read failed at its first byte)")]
+    Unread,
 }
 
 /// Opens a file (or standard input for `-`), decompressing gzip by its
@@ -328,8 +332,8 @@ fn analyze_file(path: &Path, s: &Settings, progress: &ProgressBar) -> Result<Obs
     let name = path.to_string_lossy();
     // A read error (a truncated .gz, an I/O error) ends the file where it
     // happened: what was read is still analyzed, and the file is counted.
-    let mut partial = false;
-    let mut read = |reader: &mut Box<dyn Read + Send>, dst: &mut [u8], total: &mut u64| loop {
+    let partial = std::cell::Cell::new(false);
+    let read = |reader: &mut Box<dyn Read + Send>, dst: &mut [u8], total: &mut u64| loop {
         match reader.read(dst) {
             Ok(n) => {
                 *total += n as u64;
@@ -341,7 +345,7 @@ fn analyze_file(path: &Path, s: &Settings, progress: &ProgressBar) -> Result<Obs
                 eprintln!(
                     "querywatch: warning: {name}: read failed after {total} bytes ({e}); analyzing what was read"
                 );
-                partial = true;
+                partial.set(true);
                 return 0;
             }
         }
@@ -352,11 +356,21 @@ fn analyze_file(path: &Path, s: &Settings, progress: &ProgressBar) -> Result<Obs
         eof = n == 0;
         end += n;
     }
+    if partial.get() && read_total == 0 {
+        // A corrupt .gz header, say: a file with nothing read is not read.
+        return Err(FileError::Unread);
+    }
     let format = s.format.unwrap_or_else(|| logparse::detect_format(&name, &buf[..end]));
+    // Candidates the head cannot tell apart (it holds only background
+    // lines): the first session line settles them, as in the agent.
+    let mut alternatives = Vec::new();
     let prefix = match (&s.prefix, format) {
         (Some(p), _) => Some(p.clone()),
         (None, LogFormat::Stderr) => {
-            let detected = logparse::detect_prefix(&buf[..end]);
+            let detected = logparse::detect_prefix_with_alternatives(&buf[..end]).map(|(p, others)| {
+                alternatives = others;
+                p
+            });
             match &detected {
                 None if end > 0 => eprintln!(
                     "querywatch: warning: {name}: does not look like a PostgreSQL stderr log (no `LOG:  `-style \
@@ -373,7 +387,9 @@ fn analyze_file(path: &Path, s: &Settings, progress: &ProgressBar) -> Result<Obs
         _ => None,
     };
     // Only a bad --prefix could fail here, and that was checked up front.
-    let mut parser = Parser::new(format, prefix, s.cap).map_err(|e| FileError::Open(std::io::Error::other(e)))?;
+    let mut parser = Parser::new(format, prefix, s.cap)
+        .map_err(|e| FileError::Open(std::io::Error::other(e)))?
+        .with_alternatives(alternatives);
     let mut agg = Aggregator::new(s.agg.clone());
     let mut sink = |e: logparse::LogEntry<'_>| agg.entry(&e);
     loop {
@@ -397,7 +413,7 @@ fn analyze_file(path: &Path, s: &Settings, progress: &ProgressBar) -> Result<Obs
     }
     let mut obs = agg.finish(parser.stats());
     obs.input.files = 1;
-    obs.input.unreadable_files = u64::from(partial);
+    obs.input.unreadable_files = u64::from(partial.get());
     if obs.input.entries == 0 && obs.input.lines > 0 {
         eprintln!(
             "querywatch: warning: {name}: no PostgreSQL log entry recognized in {} lines; check --log-format and \
@@ -466,6 +482,14 @@ mod tests {
         assert_eq!(names, ["pg-1.csv", "pg-2.log", "pg-3.json"]);
         let pattern = format!("{}/pg-*.log", dir.path().display());
         assert_eq!(expand_paths(&[pattern]).unwrap().len(), 2);
+        // A glob over every format takes one per log too.
+        let pattern = format!("{}/pg-*", dir.path().display());
+        let names: Vec<String> = expand_paths(&[pattern])
+            .unwrap()
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["pg-1.csv", "pg-2.log", "pg-3.json"]);
         let err = expand_paths(&[format!("{}/nope-*.log", dir.path().display())]).unwrap_err().to_string();
         assert!(err.contains("no file matches"), "{err}");
         let err = expand_paths(&["/no/such/file.log".to_owned()]).unwrap_err().to_string();
@@ -501,6 +525,11 @@ mod tests {
         let obs = analyze_file(&gz, &settings(vec![]), &ProgressBar::hidden()).unwrap();
         assert_eq!(obs.input.unreadable_files, 1);
         assert!(obs.input.entries > 100, "{} entries kept", obs.input.entries);
+        // A gzip whose header is already corrupt: nothing read, not read.
+        let bad = dir.path().join("bad.log.gz");
+        std::fs::write(&bad, [0x1f, 0x8b, 0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
+        let err = analyze_file(&bad, &settings(vec![]), &ProgressBar::hidden()).unwrap_err();
+        assert!(matches!(err, FileError::Unread), "{err}");
     }
 
     /// The privacy line (DESIGN.md): no string literal of the fixture

@@ -57,17 +57,15 @@
 //! PostgreSQL 9.1): in a plain `'…'` a backslash is an ordinary character.
 //! A text with a backslash is also read with backslash escapes (the setting
 //! off, or text written for it, logged when it fails); where the two
-//! readings disagree about where a string ends, everything from that string
-//! on is one placeholder, so neither reading's words come out — except when
-//! only the escaped reading runs a string to the end of the text, which a
-//! server with the setting off would have refused (`'C:\dir\', 1`).
+//! readings disagree, everything from the first plain string holding a
+//! backslash on is one placeholder, so neither reading's words come out.
 
 use memchr::{memchr, memchr2, memmem};
 
 /// Masks every literal of `sql`, appending the literal-free shape to `out`.
 pub fn mask_into(sql: &str, out: &mut String) {
     let start = out.len();
-    let standard_open = mask_pass(sql, out, false);
+    let _open = mask_pass(sql, out, false);
     if !sql.contains('\\') {
         return;
     }
@@ -78,20 +76,19 @@ pub fn mask_into(sql: &str, out: &mut String) {
     // the readings agree, either is safe.
     let standard = out[start..].to_owned();
     out.truncate(start);
-    let escaped_open = mask_pass(sql, out, true);
-    if out[start..] == standard || (escaped_open && !standard_open) {
-        // Agreed; or read with escapes a string runs to the end of the text
-        // (`'C:\dir\', 1`), which a server that reads them refuses: the
-        // standard reading (the default since 9.1) is the text as it ran.
-        out.truncate(start);
-        out.push_str(&standard);
+    let _open = mask_pass(sql, out, true);
+    if out[start..] == standard {
         return;
     }
     // They disagree about where a string ends, so what one reads as words
     // the other reads as a value (`'It\'s me', 'Dublin\'s'` leaks `me`
     // one way; `replace(p, '\', '/') = 'C:/Users/…` leaks the path the
-    // other way). Nothing from the first string they part at may come out
-    // as words: it becomes one placeholder, as an unterminated string does.
+    // other way). Even a reading that leaves a string open proves nothing:
+    // the text may be cut (`max_entry_bytes`, `track_activity_query_size`).
+    // Nothing from the first plain string with a backslash (up to which
+    // both read alike) may come out as words: it becomes one placeholder,
+    // as an unterminated string does. A standard string that merely ends in
+    // a backslash (`'C:\dir\', 1`) pays with a coarser shape.
     out.truncate(start);
     let cut = first_backslash_string(sql.as_bytes());
     let mut head = String::with_capacity(cut + 1);
@@ -1005,6 +1002,9 @@ mod tests {
                 "SELECT * FROM docs WHERE replace(path, '\\', '/') = 'C:/Users/alice/salary.xlsx",
                 "SELECT * FROM docs WHERE replace(path, $1",
             ),
+            // Balanced read the standard way, open read with escapes, and
+            // maybe cut (max_entry_bytes): no word of either comes out.
+            ("INSERT INTO t VALUES ('O\\'Brien', 'hunter2'), ('x", "INSERT INTO t VALUES ($1"),
             // Where both readings agree, nothing is folded.
             (
                 "SELECT a FROM t WHERE x ~ '\\d+' AND c = 'z\\\\' AND d = 1",
@@ -1065,7 +1065,9 @@ mod tests {
             (r"SELECT e'a\\', 1", "SELECT $1, $2"),
             // `E'a\\'` ends the string; `b'` opens an (unterminated) bit string.
             (r"SELECT E'a\\'b'", "SELECT $1 $2"),
-            (r"SELECT 'a\', 1", "SELECT $1, $2"),
+            // A standard string ending in a backslash: read with escapes it
+            // runs on, so from it on all is one placeholder.
+            (r"SELECT 'a\', 1", "SELECT $1"),
             ("SELECT N'abc', B'0101', b'1', X'1F', x'1f'", "SELECT $1, $2, $3, $4, $5"),
             (r"SELECT U&'d\0061t\+000061'", "SELECT $1"),
             (r"SELECT U&'d!0061t!+000061' UESCAPE '!' || x", "SELECT $1 || x"),

@@ -399,7 +399,11 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
     o.family("querywatch_collector_detect_duration_seconds", Kind::Gauge, "How long the latest detection pass took.");
     #[allow(clippy::cast_precision_loss)]
     o.sample("querywatch_collector_detect_duration_seconds", &[], s.detect_micros.load(Ordering::Relaxed) as f64 / 1e6);
-    o.family("querywatch_collector_queue_batches", Kind::Gauge, "Decoded batches waiting for the store.");
+    o.family(
+        "querywatch_collector_queue_batches",
+        Kind::Gauge,
+        "Decoded requests waiting for the store (a request's batches share one slot).",
+    );
     o.sample("querywatch_collector_queue_batches", &[], f(s.queued.load(Ordering::Relaxed)));
     o.family(
         "querywatch_collector_queue_capacity",

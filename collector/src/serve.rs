@@ -187,7 +187,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         .await
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let api = api_listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let (tx, mut rx) = mpsc::channel::<Batch>(config.queue);
+    let (tx, mut rx) = mpsc::channel::<Vec<Batch>>(config.queue);
     let ingest = Arc::new(IngestCounters::default());
     let shared = Arc::new(Shared {
         windows: Mutex::new(Windows::new(config.store.clone())),
@@ -228,9 +228,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     // after draining the queue.
     let s = shared.clone();
     tasks.spawn_blocking(move || {
-        while let Some(batch) = rx.blocking_recv() {
+        while let Some(batches) = rx.blocking_recv() {
             s.queued.store(u64::try_from(rx.len()).unwrap_or(0), Ordering::Relaxed);
-            lock(&s.windows).ingest(&batch.resource, batch.obs, now_ms());
+            for batch in batches {
+                lock(&s.windows).ingest(&batch.resource, batch.obs, now_ms());
+            }
         }
     });
 

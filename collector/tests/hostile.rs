@@ -552,7 +552,7 @@ async fn slow_and_silent_connections_are_bounded_and_do_not_slow_agents() {
         idle_timeout: Duration::from_secs(2),
         header_timeout: Duration::from_secs(1),
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Batch>>(64);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let cfg = ReceiverConfig {

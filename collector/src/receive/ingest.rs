@@ -39,13 +39,16 @@ impl Refused {
 
 /// State shared by every request of both transports.
 pub(crate) struct Ingest {
-    tx: mpsc::Sender<Batch>,
+    /// A request's batches, one slot per request: an OpenTelemetry
+    /// Collector's batch processor merges many agents' resources into one
+    /// request, which must fit however many it holds.
+    tx: mpsc::Sender<Vec<Batch>>,
     pub counters: Arc<IngestCounters>,
     token: Option<Vec<u8>>,
 }
 
 impl Ingest {
-    pub(crate) fn new(tx: mpsc::Sender<Batch>, counters: Arc<IngestCounters>, token: Option<String>) -> Ingest {
+    pub(crate) fn new(tx: mpsc::Sender<Vec<Batch>>, counters: Arc<IngestCounters>, token: Option<String>) -> Ingest {
         Ingest { tx, counters, token: token.map(String::into_bytes) }
     }
 
@@ -148,20 +151,10 @@ impl Ingest {
         }
         let accepted: u64 = batches.iter().map(|b| b.points).sum();
         if !batches.is_empty() {
-            if batches.len() > self.tx.max_capacity() {
-                return Err(self.refuse(
-                    Reason::TooLarge,
-                    format!(
-                        "the request carries {} resources; this collector queues at most {} per request: \
-                         send fewer resources per request",
-                        batches.len(),
-                        self.tx.max_capacity()
-                    ),
-                ));
-            }
-            // All or none: a request that is half queued and then throttled
-            // would be retried whole, and its first half counted twice.
-            let permits = match self.tx.try_reserve_many(batches.len()) {
+            // All or none, in one slot: a request that is half queued and
+            // then throttled would be retried whole, and its first half
+            // counted twice.
+            let permit = match self.tx.try_reserve() {
                 Ok(p) => p,
                 Err(TrySendError::Full(())) => return Err(self.throttled()),
                 Err(TrySendError::Closed(())) => {
@@ -172,9 +165,7 @@ impl Ingest {
                 }
             };
             let n = batches.len();
-            for (permit, batch) in permits.zip(batches) {
-                permit.send(batch);
-            }
+            permit.send(batches);
             self.counters.accepted(signal, accepted, ignored, n);
         } else {
             self.counters.accepted(signal, 0, ignored, 0);

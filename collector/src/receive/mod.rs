@@ -6,8 +6,8 @@
 //!
 //! Every request is decoded with [`querywatch_wire::otlp`], strictly for
 //! data that claims to be ours and skipping what is not; the result goes
-//! to the store as one [`Batch`] per resource through a bounded channel,
-//! with `try_send` semantics: a full queue is answered with "retry later"
+//! to the store as one [`Batch`] per resource, a request's batches
+//! together in one slot of a bounded channel, with `try_send` semantics: a full queue is answered with "retry later"
 //! (HTTP 503 + `Retry-After`, gRPC UNAVAILABLE + `RetryInfo`), never by
 //! buffering more. What the sender must not retry gets a permanent status
 //! (HTTP 400/401/413/415, gRPC INVALID_ARGUMENT/UNAUTHENTICATED/
@@ -166,7 +166,7 @@ impl Receiver {
     /// Decoded batches will go to `tx`; `counters` count everything.
     pub async fn bind(
         cfg: ReceiverConfig,
-        tx: mpsc::Sender<Batch>,
+        tx: mpsc::Sender<Vec<Batch>>,
         counters: Arc<IngestCounters>,
     ) -> Result<Receiver, ReceiveError> {
         if cfg.grpc.is_none() && cfg.http.is_none() {
@@ -296,7 +296,7 @@ impl Receiver {
 /// Binds and serves: [`Receiver::bind`] then [`Receiver::run`].
 pub async fn serve(
     cfg: ReceiverConfig,
-    tx: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<Vec<Batch>>,
     counters: Arc<IngestCounters>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ReceiveError> {
