@@ -85,13 +85,18 @@ fn unit_random() -> f64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn full_jitter_under_a_doubling_capped_ceiling() {
-        let policy = RetryPolicy {
+    /// 100 ms doubling up to 1 s.
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
             max_elapsed: Duration::from_secs(10),
-        };
+        }
+    }
+
+    #[test]
+    fn full_jitter_under_a_doubling_capped_ceiling() {
+        let policy = policy();
         let mut b = Backoff::new(&policy);
         let mut ceiling = Duration::from_millis(100);
         for _ in 0..40 {
@@ -106,11 +111,7 @@ mod tests {
 
     #[test]
     fn a_throttle_asking_for_no_wait_still_backs_off() {
-        let policy = RetryPolicy {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            max_elapsed: Duration::from_secs(10),
-        };
+        let policy = policy();
         let mut b = Backoff::new(&policy);
         let mut ceiling = Duration::from_millis(100);
         for _ in 0..10 {
