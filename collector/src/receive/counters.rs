@@ -50,6 +50,9 @@ pub enum Reason {
     Throttled,
     /// Wrong content type or encoding, method or path (HTTP 415/405/404).
     Unsupported,
+    /// The body did not arrive in time (HTTP 503 with `Retry-After`): a
+    /// slow link is no bad data, and a 400 made senders drop the batch.
+    Timeout,
 }
 
 /// Longest handling time the latency histogram can hold; longer requests
@@ -74,6 +77,7 @@ pub struct IngestCounters {
     rejected_malformed: AtomicU64,
     rejected_throttled: AtomicU64,
     rejected_unsupported: AtomicU64,
+    rejected_timeout: AtomicU64,
     bytes_received: AtomicU64,
     /// Sum of the handling times, µs (a summary's `_sum`).
     latency_sum_us: AtomicU64,
@@ -111,6 +115,7 @@ impl IngestCounters {
             rejected_malformed: AtomicU64::new(0),
             rejected_throttled: AtomicU64::new(0),
             rejected_unsupported: AtomicU64::new(0),
+            rejected_timeout: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             latency_sum_us: AtomicU64::new(0),
             latency_us: Mutex::new(latency),
@@ -134,6 +139,7 @@ impl IngestCounters {
             Reason::Malformed => &self.rejected_malformed,
             Reason::Throttled => &self.rejected_throttled,
             Reason::Unsupported => &self.rejected_unsupported,
+            Reason::Timeout => &self.rejected_timeout,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -187,6 +193,7 @@ impl IngestCounters {
                 malformed: g(&self.rejected_malformed),
                 throttled: g(&self.rejected_throttled),
                 unsupported: g(&self.rejected_unsupported),
+                timeout: g(&self.rejected_timeout),
             },
             bytes_received: g(&self.bytes_received),
             latency: LatencySummary {
@@ -250,6 +257,7 @@ pub fn render_metrics(counters: &IngestCounters, out: &mut Exposition) {
             (&[("reason", "malformed")], x.malformed),
             (&[("reason", "throttled")], x.throttled),
             (&[("reason", "unsupported")], x.unsupported),
+            (&[("reason", "timeout")], x.timeout),
         ],
     );
     family(
@@ -308,6 +316,7 @@ pub struct RejectedCounts {
     pub malformed: u64,
     pub throttled: u64,
     pub unsupported: u64,
+    pub timeout: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

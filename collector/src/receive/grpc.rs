@@ -188,6 +188,7 @@ fn status(r: Refused) -> Status {
         Reason::Malformed => Code::InvalidArgument,
         Reason::Throttled => Code::Unavailable,
         Reason::Unsupported => Code::Unimplemented,
+        Reason::Timeout => Code::Unavailable,
     };
     match r.retry_after {
         Some(delay) => Status::with_error_details(code, r.message, ErrorDetails::with_retry_info(Some(delay))),

@@ -183,8 +183,10 @@ async fn read_body(st: &HttpState, headers: &HeaderMap, body: Body, gzip: bool) 
         }
         Ok(Err(m)) => return Err(st.ingest.refuse(Reason::Malformed, m)),
         Err(_) => {
-            let m = format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs());
-            return Err(st.ingest.refuse(Reason::Malformed, m));
+            let m = format!("the request body did not arrive within {} s; retry later", BODY_TIMEOUT.as_secs());
+            let mut r = st.ingest.refuse(Reason::Timeout, m);
+            r.retry_after = Some(super::ingest::THROTTLE_DELAY);
+            return Err(r);
         }
     };
     st.ingest.counters.bytes(raw.len());
@@ -273,6 +275,8 @@ fn refused(format: Format, r: Refused) -> Response {
         Reason::Malformed => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
         Reason::Throttled => (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
         Reason::Unsupported => (StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::InvalidArgument),
+        // Retryable for OTLP senders (429, 502, 503 and 504 are; 408 is not).
+        Reason::Timeout => (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
     };
     let mut resp = error(format, status, code, &r.message, r.retry_after);
     if r.reason == Reason::Unauthenticated {
@@ -344,6 +348,24 @@ mod tests {
         let mut e = GzEncoder::new(Vec::new(), Compression::default());
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    /// A body that stops arriving is refused as retryable (503 with
+    /// `Retry-After`, counted as `timeout`), not as bad data: a 400 made
+    /// senders drop a batch that a slow link was still delivering.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_is_retryable() {
+        use tokio_stream::StreamExt;
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let counters = Arc::new(super::super::IngestCounters::new());
+        let st = HttpState { ingest: Arc::new(Ingest::new(tx, counters.clone(), None)), max_request_bytes: 1 << 20 };
+        let first = tokio_stream::iter([Ok::<_, std::convert::Infallible>(Bytes::from_static(b"\x0a\x02"))]);
+        let body = Body::from_stream(first.chain(tokio_stream::pending()));
+        let refusal = read_body(&st, &HeaderMap::new(), body, false).await.unwrap_err();
+        assert_eq!(counters.snapshot().rejected.timeout, 1);
+        let resp = refused(Format::Protobuf, refusal);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]
