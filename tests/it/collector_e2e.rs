@@ -75,12 +75,22 @@ pub(crate) fn start_collector_with(dir: &Path, name: &str, config_text: &str) ->
         .expect("starting querywatch collector");
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
-    let line = lines.next().and_then(Result::ok).unwrap_or_default();
+    // The start line, and what came before it: a task started with the
+    // collector (a `[forward]` push to a closed port) can say something
+    // first.
+    let mut before = Vec::new();
+    let line = loop {
+        match lines.next().and_then(Result::ok) {
+            Some(l) if l.contains("OTLP gRPC ") => break l,
+            Some(l) => before.push(l),
+            None => break before.join("\n"),
+        }
+    };
     // Keep draining so the collector never blocks on a full pipe.
     let log = dir.join(format!("{name}.stderr"));
     thread::spawn(move || {
         let mut f = fs::File::create(log).unwrap();
-        for l in lines.map_while(Result::ok) {
+        for l in before.into_iter().chain(lines.map_while(Result::ok)) {
             let _ = writeln!(f, "{l}");
         }
     });
