@@ -65,7 +65,7 @@ use memchr::{memchr, memchr2, memmem};
 /// Masks every literal of `sql`, appending the literal-free shape to `out`.
 pub fn mask_into(sql: &str, out: &mut String) {
     let start = out.len();
-    let _open = mask_pass(sql, out, false);
+    mask_pass(sql, out, false);
     if !sql.contains('\\') {
         return;
     }
@@ -76,7 +76,7 @@ pub fn mask_into(sql: &str, out: &mut String) {
     // the readings agree, either is safe.
     let standard = out[start..].to_owned();
     out.truncate(start);
-    let _open = mask_pass(sql, out, true);
+    mask_pass(sql, out, true);
     if out[start..] == standard {
         return;
     }
@@ -94,7 +94,7 @@ pub fn mask_into(sql: &str, out: &mut String) {
     let mut head = String::with_capacity(cut + 1);
     head.push_str(&sql[..cut]);
     head.push('\'');
-    let _open = mask_pass(&head, out, false);
+    mask_pass(&head, out, false);
 }
 
 /// Where the first plain `'…'` string holding a backslash starts, read
@@ -113,10 +113,8 @@ fn first_backslash_string(bytes: &[u8]) -> usize {
 }
 
 /// One masking pass; `plain_backslash` reads `'…'` with backslash escapes.
-/// Returns whether a string literal was still open at the end of the text.
-fn mask_pass(sql: &str, out: &mut String, plain_backslash: bool) -> bool {
+fn mask_pass(sql: &str, out: &mut String, plain_backslash: bool) {
     let bytes = sql.as_bytes();
-    let mut open_string = false;
     let mut lx = Lexer::new(bytes, plain_backslash);
     let mut em = Emitter { sql, out, placeholders: 0, prev: Tok::START, semicolons: 0, run_start: 0, run_end: NO_RUN };
     loop {
@@ -124,9 +122,6 @@ fn mask_pass(sql: &str, out: &mut String, plain_backslash: bool) -> bool {
         let tok = lx.next();
         if tok.kind == Kind::Eof {
             break;
-        }
-        if tok.kind == Kind::Str && tok.end == bytes.len() {
-            open_string = tok.end - tok.start < 2 || bytes[tok.end - 1] != b'\'';
         }
         // Cheap guard first: only `IN (`, `VALUES (` and `ARRAY[` can collapse.
         let opens = matches!(tok.kind, Kind::LParen | Kind::LBrack) && prev.kind == Kind::Word;
@@ -147,7 +142,6 @@ fn mask_pass(sql: &str, out: &mut String, plain_backslash: bool) -> bool {
     }
     // Semicolons still pending now are trailing ones: dropped on purpose.
     em.flush_run();
-    open_string
 }
 
 /// Convenience wrapper over [`mask_into`].
