@@ -12,7 +12,7 @@ use crate::findings::{Finding, FindingTracker, detect_live};
 use crate::load::{NodeLoad, ParentLoad};
 use crate::receive::{self, Batch, IngestCounters, ReceiverConfig};
 use crate::snapshot::Snapshot;
-use crate::window::Windows;
+use crate::window::{MINUTE_MS, Windows};
 use querywatch_wire::stats::EpochMillis;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -126,7 +126,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 /// overlap was counted on both sides of the regression comparison.
 fn detection_ranges(now: EpochMillis, window: i64, baseline: i64) -> (EpochMillis, (EpochMillis, EpochMillis)) {
     let from = now - window;
-    let base_to = from.div_euclid(60_000) * 60_000;
+    let base_to = from.div_euclid(MINUTE_MS) * MINUTE_MS;
     (from, (base_to - baseline, base_to))
 }
 
@@ -230,8 +230,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     tasks.spawn_blocking(move || {
         while let Some(batches) = rx.blocking_recv() {
             s.queued.store(u64::try_from(rx.len()).unwrap_or(0), Ordering::Relaxed);
+            // One lock per request, however many agents' batches it holds.
+            let mut w = lock(&s.windows);
             for batch in batches {
-                lock(&s.windows).ingest(&batch.resource, batch.obs, now_ms());
+                w.ingest(&batch.resource, batch.obs, now_ms());
             }
         }
     });

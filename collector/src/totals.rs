@@ -227,8 +227,10 @@ impl Totals {
     }
 
     /// Adds statement rows of one node, each counted whole (as a row new
-    /// to the store would be).
-    pub fn add_queries<'a>(
+    /// to the store would be). The store counts through [`Self::node_queries`];
+    /// this is the tests' shorthand.
+    #[cfg(test)]
+    fn add_queries<'a>(
         &mut self,
         node: &Arc<str>,
         now: EpochMillis,

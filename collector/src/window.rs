@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-const MINUTE_MS: i64 = 60_000;
+pub(crate) const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
 
 /// Limits and retention of the [`Windows`] store.
@@ -417,11 +417,10 @@ impl Windows {
         a
     }
 
-    /// The bucket for time `t` (ms), created if needed; `None` when `t` is
-    /// older than anything retained.
-    fn bucket_for(&mut self, t: EpochMillis, now: EpochMillis) -> Option<&mut Bucket> {
-        let floors = (now - self.retention_ms(), now - self.rollup_retention_ms());
-        bucket_in(&mut self.minutes, &mut self.hours, floors, t)
+    /// The oldest times the minutes and the rollups keep at `now` (see
+    /// [`bucket_in`]).
+    fn floors(&self, now: EpochMillis) -> (EpochMillis, EpochMillis) {
+        (now - self.retention_ms(), now - self.rollup_retention_ms())
     }
 
     fn retention_ms(&self) -> i64 {
@@ -473,12 +472,13 @@ impl Windows {
         // The end of the agent's interval places the batch; a batch from
         // the future (clock skew) or without times counts as now.
         let t = obs.last_seen.filter(|t| *t <= now + MINUTE_MS).unwrap_or(now);
-        if self.bucket_for(t, now).is_none() {
+        let incoming = obs.statements.len() + obs.db.statements.len();
+        let floors = self.floors(now);
+        let Some(growth) = bucket_in(&mut self.minutes, &mut self.hours, floors, t).map(|b| b.growth_for(incoming))
+        else {
             self.health.too_old_batches += 1;
             return;
-        }
-        let incoming = obs.statements.len() + obs.db.statements.len();
-        let growth = self.bucket_for(t, now).map_or(0, |b| b.growth_for(incoming));
+        };
         // Full for new rows when the room a batch may need is not there;
         // full for every row when even the rows held are past the limit.
         let memory_full = self.make_room(growth);
@@ -535,7 +535,7 @@ impl Windows {
         let activity = std::mem::take(&mut obs.db.activity);
         self.totals.add_rest(&node, &obs);
 
-        let floors = (now - self.retention_ms(), now - self.rollup_retention_ms());
+        // Looked up again: making room may have rolled buckets up.
         let Some(bucket) = bucket_in(&mut self.minutes, &mut self.hours, floors, t) else {
             // Checked above; should it ever change, the set is not lost.
             if let Some(p) = protected {
@@ -689,7 +689,7 @@ impl Windows {
     /// Ages buckets: minutes past the retention are rolled up, rollups
     /// past theirs dropped, and fingerprints no bucket mentions forgotten.
     pub fn roll(&mut self, now: EpochMillis) {
-        let minute_floor = now - self.retention_ms();
+        let (minute_floor, hour_floor) = self.floors(now);
         let mut rolled = false;
         while self.minutes.front().is_some_and(|b| b.end() <= minute_floor) {
             if let Some(b) = self.minutes.pop_front() {
@@ -697,7 +697,6 @@ impl Windows {
                 rolled = true;
             }
         }
-        let hour_floor = now - self.rollup_retention_ms();
         while self.hours.front().is_some_and(|b| b.end() <= hour_floor) {
             self.hours.pop_front();
             rolled = true;
