@@ -184,9 +184,7 @@ async fn read_body(st: &HttpState, headers: &HeaderMap, body: Body, gzip: bool) 
         Ok(Err(m)) => return Err(st.ingest.refuse(Reason::Malformed, m)),
         Err(_) => {
             let m = format!("the request body did not arrive within {} s; retry later", BODY_TIMEOUT.as_secs());
-            let mut r = st.ingest.refuse(Reason::Timeout, m);
-            r.retry_after = Some(super::ingest::THROTTLE_DELAY);
-            return Err(r);
+            return Err(st.ingest.refuse_retry_later(Reason::Timeout, m));
         }
     };
     st.ingest.counters.bytes(raw.len());

@@ -124,7 +124,12 @@ impl Ingest {
     }
 
     fn throttled(&self) -> Refused {
-        let mut r = self.refuse(Reason::Throttled, "the collector's ingest queue is full; retry later");
+        self.refuse_retry_later(Reason::Throttled, "the collector's ingest queue is full; retry later")
+    }
+
+    /// A refusal the sender should retry after [`THROTTLE_DELAY`].
+    pub(crate) fn refuse_retry_later(&self, reason: Reason, message: impl Into<String>) -> Refused {
+        let mut r = self.refuse(reason, message);
         r.retry_after = Some(THROTTLE_DELAY);
         r
     }
