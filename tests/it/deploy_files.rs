@@ -16,9 +16,10 @@
 //! creates (`target/pyenv`); without it these tests fail under `CI=true`
 //! and are skipped, loudly, elsewhere.
 
+use crate::support::venv_bin;
 use serde_json::Value;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// Kubernetes releases the manifests are validated against.
@@ -26,21 +27,6 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.37.0"];
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A program of the venv, or `None` after saying the test is skipped (a
-/// failure under `CI=true`).
-fn venv_bin(test: &str, name: &str) -> Option<PathBuf> {
-    let p = repo().join("target/pyenv/bin").join(name);
-    if p.is_file() {
-        return Some(p);
-    }
-    let why = format!(
-        "{} is missing: run scripts/deps.sh (it installs check-jsonschema and kubernetes-validate into target/pyenv)",
-        p.display()
-    );
-    crate::support::missing_tool(test, &why);
-    None
 }
 
 /// Runs `cmd`; (success, stdout + stderr).
@@ -66,7 +52,9 @@ fn kubernetes_files() -> Vec<String> {
 
 #[test]
 fn compose_file_matches_the_compose_spec() {
-    let Some(check) = venv_bin("compose_file_matches_the_compose_spec", "check-jsonschema") else { return };
+    let Some(check) = venv_bin("compose_file_matches_the_compose_spec", "check-jsonschema") else {
+        return;
+    };
     let (ok, out) = run(Command::new(&check).args(["--builtin-schema", "vendor.compose-spec", "deploy/compose.yaml"]));
     assert!(ok, "deploy/compose.yaml does not match the compose spec:\n{out}");
     // The validator rejects what the schema does not know (a typo'd key).

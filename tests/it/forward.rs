@@ -20,7 +20,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
@@ -108,11 +108,6 @@ fn sink() -> (String, mpsc::Receiver<Received>) {
     (addr, rx)
 }
 
-fn python() -> Result<PathBuf, String> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
-    if p.is_file() { Ok(p) } else { Err(format!("{} not found", p.display())) }
-}
-
 /// The Python package's reading of an `ExportMetricsServiceRequest`.
 fn decode(python: &Path, dir: &Path, body: &[u8]) -> Value {
     let file = dir.join("pushed.pb");
@@ -171,13 +166,7 @@ fn double(v: &Value) -> f64 {
 #[test]
 fn forward_pushes_the_metrics_endpoint_over_otlp_http() {
     let test = "forward_pushes_the_metrics_endpoint_over_otlp_http";
-    let python = match python() {
-        Ok(p) => p,
-        Err(why) => {
-            crate::support::missing_tool(test, &format!("{why}: run scripts/deps.sh (it creates the venv)"));
-            return;
-        }
-    };
+    let Some(python) = crate::support::venv_bin(test, "python") else { return };
     let dir = tempfile::tempdir().unwrap();
     let (sink_addr, received) = sink();
     let config = format!("[forward]\nendpoint = \"http://{sink_addr}\"\ninterval = \"1s\"\ntoken = \"{TOKEN}\"\n");

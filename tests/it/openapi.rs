@@ -113,11 +113,7 @@ impl Ctx {
 #[test]
 fn the_openapi_document_lists_every_route_and_matches_live_answers() {
     let test = "the_openapi_document_lists_every_route_and_matches_live_answers";
-    let python = repo().join("target/pyenv/bin/python");
-    if !python.is_file() {
-        crate::support::missing_tool(test, &format!("{} not found: run scripts/deps.sh", python.display()));
-        return;
-    }
+    let Some(python) = crate::support::venv_bin(test, "python") else { return };
     let spec: Value =
         serde_json::from_str(&std::fs::read_to_string(repo().join("collector/openapi.json")).unwrap()).unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));

@@ -86,12 +86,19 @@ def buckets(p, field):
     return {"offset": b.offset, "counts": list(b.bucket_counts)}
 
 
-def exp_point(p):
+def counted(p):
+    """What every histogram and summary point has: its series and count."""
     return {
         "attributes": attributes(p.attributes),
         "start": p.start_time_unix_nano,
         "time": p.time_unix_nano,
         "count": p.count,
+    }
+
+
+def exp_point(p):
+    return {
+        **counted(p),
         "sum": optional(p, "sum"),
         "min": optional(p, "min"),
         "max": optional(p, "max"),
@@ -107,10 +114,7 @@ def exp_point(p):
 
 def hist_point(p):
     return {
-        "attributes": attributes(p.attributes),
-        "start": p.start_time_unix_nano,
-        "time": p.time_unix_nano,
-        "count": p.count,
+        **counted(p),
         "sum": optional(p, "sum"),
         "bucket_counts": list(p.bucket_counts),
         "explicit_bounds": [bits(b) for b in p.explicit_bounds],
@@ -119,10 +123,7 @@ def hist_point(p):
 
 def summary_point(p):
     return {
-        "attributes": attributes(p.attributes),
-        "start": p.start_time_unix_nano,
-        "time": p.time_unix_nano,
-        "count": p.count,
+        **counted(p),
         "sum": bits(p.sum),
         "quantiles": [[bits(q.quantile), bits(q.value)] for q in p.quantile_values],
     }

@@ -15,6 +15,22 @@ pub mod workload;
 
 pub use cluster::{ClusterOptions, PgCluster, fixtures_dir, skip_pg, workload_dir};
 
+/// A program of the Python venv `scripts/deps.sh` creates (`target/pyenv`),
+/// or `None` after [`missing_tool`] said so.
+pub fn venv_bin(test: &str, name: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin").join(name);
+    if p.is_file() {
+        return Some(p);
+    }
+    let why = format!(
+        "{} is missing: run scripts/deps.sh (it creates target/pyenv with opentelemetry-proto, jsonschema, \
+         check-jsonschema and kubernetes-validate)",
+        p.display()
+    );
+    missing_tool(test, &why);
+    None
+}
+
 /// A tool a test needs is missing (`why` says which and how to install it):
 /// under `CI=true` that is a failure, never a skip; elsewhere the test says
 /// loudly that it is skipped, and the caller returns.
