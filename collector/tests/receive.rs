@@ -481,6 +481,38 @@ async fn bad_requests_are_refused_and_the_receiver_keeps_serving() {
     still_serving(&mut r, &ch, &client).await;
     assert_eq!(r.snapshot().rejected.too_large, 5);
 
+    // Dense: small on the wire and inflated, but empty messages of two
+    // bytes each that would decode to 40–120× that (a 16 MiB request of
+    // them took the collector to 1.4–3 GB before they were reckoned).
+    let n = limit / 2 - 1000;
+    let empty_points = Metric {
+        name: "x".into(),
+        data: Some(Data::Gauge(Gauge { data_points: vec![NumberDataPoint::default(); n] })),
+        ..Metric::default()
+    };
+    let mut dense = metrics_request("dense");
+    dense.resource_metrics[0].scope_metrics[0].metrics = vec![empty_points];
+    assert!(dense.encoded_len() < limit);
+    let e = grpc_metrics(&ch, dense.clone(), Some(TOKEN)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("to decode"), "{}", e.message());
+    let (status, _, body) = post(&metrics_url, "application/x-protobuf", true, gzip(&dense.encode_to_vec())).await;
+    assert_eq!(status, 413);
+    assert!(tonic_types::Status::decode(&body[..]).unwrap().message.contains("smaller requests"));
+    let mut dense_logs = logs_request("dense");
+    dense_logs.resource_logs[0].scope_logs[0].log_records = vec![Default::default(); n];
+    assert!(dense_logs.encoded_len() < limit);
+    assert_eq!(grpc_logs(&ch, dense_logs.clone()).await.unwrap_err().code(), Code::ResourceExhausted);
+    let (status, _, _) = post(&r.url("/v1/logs"), "application/x-protobuf", false, dense_logs.encode_to_vec()).await;
+    assert_eq!(status, 413);
+    let empties = vec!["{}"; limit / 3 - 1000].join(",");
+    let json = format!(r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{empties}]}}]}}]}}"#);
+    let (status, ct, _) = post(&r.url("/v1/logs"), "application/json", false, json.into_bytes()).await;
+    assert_eq!((status, ct.as_str()), (413, "application/json"));
+    r.no_batch();
+    still_serving(&mut r, &ch, &client).await;
+    assert_eq!(r.snapshot().rejected.too_large, 10);
+
     // Malformed: truncated protobuf, garbage JSON, broken gzip.
     let (status, ct, body) = post(&metrics_url, "application/x-protobuf", false, good[..good.len() / 2].to_vec()).await;
     assert_eq!((status, ct.as_str()), (400, "application/x-protobuf"));
@@ -551,7 +583,7 @@ async fn bad_requests_are_refused_and_the_receiver_keeps_serving() {
     let s = r.snapshot();
     assert_eq!(s.rejected.unsupported, 7);
     assert_eq!(s.rejected.throttled, 0);
-    assert_eq!(s.data_points_accepted, 17 * data_points(&metrics_request("x")));
+    assert_eq!(s.data_points_accepted, 19 * data_points(&metrics_request("x")));
     r.shutdown().await;
 }
 

@@ -1,6 +1,6 @@
 //! OTLP/gRPC: the `MetricsService` and `LogsService` export calls of
-//! `opentelemetry-proto`, served by tonic, gzip accepted. Metrics are
-//! taken as bytes ([`MetricsRaw`]), logs as prost messages.
+//! `opentelemetry-proto`, served by tonic, gzip accepted, each request
+//! taken as bytes ([`Raw`]).
 //!
 //! The token is checked by an interceptor, which runs on the headers
 //! before tonic reads the body: an unauthenticated sender costs no
@@ -20,12 +20,12 @@
 
 use super::counters::{IngestCounters, Reason, Signal, Transport};
 use super::ingest::{Ingest, Refused};
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use prost::Message;
 use prost::bytes::{Buf, Bytes};
 use std::convert::Infallible;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -56,26 +56,42 @@ impl tonic::service::Interceptor for Gate {
     }
 }
 
-pub(crate) struct Logs(Arc<Ingest>);
-
-/// `MetricsService/Export`, served by hand rather than by the generated
-/// server: the generated one decodes the whole request into prost structs
-/// before the handler runs, and ingest decodes its hot metric straight from
-/// the bytes (`querywatch_wire::otlp::decode_metrics_bytes`). tonic still
-/// does the framing, gzip, size limit and response encoding.
-#[derive(Clone)]
-pub(crate) struct MetricsRaw {
+/// One export service served by hand rather than by the generated server:
+/// the generated one decodes the whole request into prost structs before
+/// the handler runs. Ingest wants the bytes: metrics are decoded straight
+/// from them (`querywatch_wire::otlp::decode_metrics_bytes`), and both
+/// signals' decoding cost is reckoned before anything is built
+/// ([`Ingest::afford`]). tonic still does the framing, gzip, size limit
+/// and response encoding.
+pub(crate) struct Raw<R> {
     ingest: Arc<Ingest>,
     max_request_bytes: usize,
+    path: &'static str,
+    export: fn(&Ingest, &[u8]) -> Result<R, Refused>,
+}
+
+// By hand: a derive would require `R: Clone`.
+impl<R> Clone for Raw<R> {
+    fn clone(&self) -> Self {
+        Raw { ingest: self.ingest.clone(), ..*self }
+    }
 }
 
 const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+pub(crate) type MetricsRaw = Raw<ExportMetricsServiceResponse>;
+pub(crate) type LogsRaw = Raw<ExportLogsServiceResponse>;
 
 impl tonic::server::NamedService for MetricsRaw {
     const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
 }
 
-impl Service<http::Request<tonic::body::Body>> for MetricsRaw {
+impl tonic::server::NamedService for LogsRaw {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+}
+
+impl<R: Message + Send + 'static> Service<http::Request<tonic::body::Body>> for Raw<R> {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
     type Future = BoxFuture<Self::Response, Self::Error>;
@@ -85,64 +101,67 @@ impl Service<http::Request<tonic::body::Body>> for MetricsRaw {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        if req.uri().path() != METRICS_EXPORT {
+        if req.uri().path() != self.path {
             return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
         }
         let mut gzip = EnabledCompressionEncodings::default();
         gzip.enable(CompressionEncoding::Gzip);
-        let mut grpc = tonic::server::Grpc::new(RawCodec)
+        let mut grpc = tonic::server::Grpc::new(RawCodec(PhantomData))
             .apply_compression_config(gzip, gzip)
             .apply_max_message_size_config(Some(self.max_request_bytes), None);
-        let export = Export(self.ingest.clone());
+        let export = Export { ingest: self.ingest.clone(), export: self.export };
         Box::pin(async move { Ok(grpc.unary(export, req).await) })
     }
 }
 
-struct Export(Arc<Ingest>);
+struct Export<R> {
+    ingest: Arc<Ingest>,
+    export: fn(&Ingest, &[u8]) -> Result<R, Refused>,
+}
 
-impl tonic::server::UnaryService<Bytes> for Export {
-    type Response = ExportMetricsServiceResponse;
-    type Future = std::future::Ready<Result<Response<Self::Response>, Status>>;
+impl<R: Message + Send + 'static> tonic::server::UnaryService<Bytes> for Export<R> {
+    type Response = R;
+    type Future = std::future::Ready<Result<Response<R>, Status>>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let start = request.extensions().get::<Arrived>().map_or_else(Instant::now, |a| a.0);
         let body = request.into_inner();
-        self.0.counters.bytes(body.len());
-        let result = self.0.metrics_bytes(&body);
-        self.0.counters.latency(start.elapsed());
+        self.ingest.counters.bytes(body.len());
+        let result = (self.export)(&self.ingest, &body);
+        self.ingest.counters.latency(start.elapsed());
         std::future::ready(result.map(Response::new).map_err(status))
     }
 }
 
-/// Request as bytes, response as a prost message.
-struct RawCodec;
+/// Request as bytes, response as the prost message `R`.
+struct RawCodec<R>(PhantomData<fn() -> R>);
 
-impl tonic::codec::Codec for RawCodec {
-    type Encode = ExportMetricsServiceResponse;
+impl<R: Message + Send + 'static> tonic::codec::Codec for RawCodec<R> {
+    type Encode = R;
     type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
+    type Encoder = RawCodec<R>;
+    type Decoder = RawCodec<R>;
 
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
+    fn encoder(&mut self) -> RawCodec<R> {
+        RawCodec(PhantomData)
     }
 
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
+    fn decoder(&mut self) -> RawCodec<R> {
+        RawCodec(PhantomData)
     }
 }
 
-impl tonic::codec::Encoder for RawCodec {
-    type Item = ExportMetricsServiceResponse;
+impl<R: Message> tonic::codec::Encoder for RawCodec<R> {
+    type Item = R;
     type Error = Status;
 
-    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: R, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
         // EncodeBuf grows as needed, so encoding cannot run out of room.
         item.encode(dst).map_err(|e| Status::internal(e.to_string()))
     }
 }
 
-impl tonic::codec::Decoder for RawCodec {
+impl<R> tonic::codec::Decoder for RawCodec<R> {
     type Item = Bytes;
     type Error = Status;
 
@@ -151,32 +170,15 @@ impl tonic::codec::Decoder for RawCodec {
     }
 }
 
-#[tonic::async_trait]
-impl LogsService for Logs {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let start = request.extensions().get::<Arrived>().map_or_else(Instant::now, |a| a.0);
-        let message = request.into_inner();
-        self.0.counters.bytes(message.encoded_len());
-        let result = self.0.logs(message);
-        self.0.counters.latency(start.elapsed());
-        result.map(Response::new).map_err(status)
-    }
-}
-
 pub(crate) type MetricsServer = InterceptedService<MetricsRaw, Gate>;
-pub(crate) type LogsServer = InterceptedService<LogsServiceServer<Logs>, Gate>;
+pub(crate) type LogsServer = InterceptedService<LogsRaw, Gate>;
 
 /// The two services, size-limited, gzip in and out, behind the gate.
 pub(crate) fn services(ingest: &Arc<Ingest>, max_request_bytes: usize) -> (MetricsServer, LogsServer) {
     let gate = |signal| Gate { ingest: ingest.clone(), signal };
-    let metrics = MetricsRaw { ingest: ingest.clone(), max_request_bytes };
-    let logs = LogsServiceServer::new(Logs(ingest.clone()))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
+    let metrics =
+        Raw { ingest: ingest.clone(), max_request_bytes, path: METRICS_EXPORT, export: Ingest::metrics_bytes };
+    let logs = Raw { ingest: ingest.clone(), max_request_bytes, path: LOGS_EXPORT, export: Ingest::logs_bytes };
     (InterceptedService::new(metrics, gate(Signal::Metrics)), InterceptedService::new(logs, gate(Signal::Logs)))
 }
 

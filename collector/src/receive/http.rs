@@ -17,7 +17,7 @@
 //! both.
 
 use super::counters::{Reason, Signal, Transport};
-use super::ingest::{Ingest, Refused};
+use super::ingest::{Format, Ingest, Refused};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -29,6 +29,7 @@ use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
+use querywatch_wire::otlp::cost;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,13 +41,6 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
-
-/// How a request body (and so its response) is encoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Format {
-    Protobuf,
-    Json,
-}
 
 impl Format {
     fn content_type(self) -> &'static str {
@@ -132,17 +126,26 @@ async fn handle(st: &HttpState, signal: Signal, req: Request) -> Response {
         Signal::Metrics => {
             let answer = match format {
                 Format::Protobuf => ingest.metrics_bytes(&body),
-                Format::Json => parse::<ExportMetricsServiceRequest>(st, format, &body).and_then(|r| ingest.metrics(r)),
+                Format::Json => json::<ExportMetricsServiceRequest>(st, &body, cost::Request::Metrics)
+                    .and_then(|r| ingest.metrics(r)),
             };
             answer.map(|r| {
                 let partial = r.partial_success.as_ref().map(|p| (p.rejected_data_points, p.error_message.as_str()));
                 respond(format, &r, "rejectedDataPoints", partial)
             })
         }
-        Signal::Logs => parse::<ExportLogsServiceRequest>(st, format, &body).and_then(|r| ingest.logs(r)).map(|r| {
-            let partial = r.partial_success.as_ref().map(|p| (p.rejected_log_records, p.error_message.as_str()));
-            respond(format, &r, "rejectedLogRecords", partial)
-        }),
+        Signal::Logs => {
+            let answer = match format {
+                Format::Protobuf => ingest.logs_bytes(&body),
+                Format::Json => {
+                    json::<ExportLogsServiceRequest>(st, &body, cost::Request::Logs).and_then(|r| ingest.logs(r))
+                }
+            };
+            answer.map(|r| {
+                let partial = r.partial_success.as_ref().map(|p| (p.rejected_log_records, p.error_message.as_str()));
+                respond(format, &r, "rejectedLogRecords", partial)
+            })
+        }
     };
     drop(body);
     ingest.counters.latency(start.elapsed());
@@ -235,17 +238,11 @@ pub(crate) fn gunzip(bytes: &[u8], limit: usize) -> std::io::Result<Option<Vec<u
     Ok((out.len() <= limit).then_some(out))
 }
 
-fn parse<M>(st: &HttpState, format: Format, body: &[u8]) -> Result<M, Refused>
-where
-    M: Message + Default + serde::de::DeserializeOwned,
-{
-    let parsed = match format {
-        Format::Protobuf => M::decode(body).map_err(|e| format!("the body is not a valid OTLP protobuf message: {e}")),
-        Format::Json => {
-            serde_json::from_slice(body).map_err(|e| format!("the body is not a valid OTLP/JSON message: {e}"))
-        }
-    };
-    parsed.map_err(|m| st.ingest.refuse(Reason::Malformed, m))
+/// An OTLP/JSON request, once its decoding cost is known to be bearable.
+fn json<M: serde::de::DeserializeOwned>(st: &HttpState, body: &[u8], request: cost::Request) -> Result<M, Refused> {
+    st.ingest.afford(body, Format::Json, request)?;
+    serde_json::from_slice(body)
+        .map_err(|e| st.ingest.refuse(Reason::Malformed, format!("the body is not a valid OTLP/JSON message: {e}")))
 }
 
 /// A 200 answer. JSON is written here rather than by the generated serde

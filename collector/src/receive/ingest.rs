@@ -11,7 +11,9 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use querywatch_wire::otlp::{self, DecodeError, Decoded};
+use prost::Message;
+use querywatch_wire::otlp::cost::{self, Request};
+use querywatch_wire::otlp::{self, BytesError, DecodeError, Decoded};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -20,6 +22,22 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 /// to drain a full queue (it merges a batch in microseconds), short enough
 /// that an agent does not sit on data: its next interval is seconds away.
 pub(crate) const THROTTLE_DELAY: Duration = Duration::from_secs(1);
+
+/// How a body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    Protobuf,
+    Json,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Protobuf => "protobuf",
+            Format::Json => "JSON",
+        })
+    }
+}
 
 /// A refused request: why (for the counters and the status code) and what
 /// to tell the sender.
@@ -68,11 +86,14 @@ impl Ingest {
     }
 
     /// A protobuf `ExportMetricsServiceRequest` (gRPC, HTTP protobuf),
-    /// decoded in place.
+    /// decoded in place. The decoder reckons the cost of what it hands to
+    /// prost itself (see [`Self::afford`]): a second walk over every
+    /// request cost 9% of the ingest rate.
     pub(crate) fn metrics_bytes(&self, body: &[u8]) -> Result<ExportMetricsServiceResponse, Refused> {
         self.room()?;
-        let parts = otlp::decode_metrics_bytes(body).map_err(|e| {
-            self.refuse(Reason::Malformed, format!("the body is not a valid OTLP protobuf message: {e}"))
+        let parts = otlp::decode_metrics_bytes(body).map_err(|e| match e {
+            BytesError::TooCostly(_) => self.refuse(Reason::TooLarge, e.to_string()),
+            BytesError::Malformed(_) | BytesError::Unreadable(_) => self.refuse(Reason::Malformed, e.to_string()),
         })?;
         self.metrics_parts(parts)
     }
@@ -93,6 +114,33 @@ impl Ingest {
                 error_message: not_ours(ignored, Signal::Metrics),
             }),
         })
+    }
+
+    /// A protobuf `ExportLogsServiceRequest` (gRPC, HTTP protobuf).
+    pub(crate) fn logs_bytes(&self, body: &[u8]) -> Result<ExportLogsServiceResponse, Refused> {
+        self.room()?;
+        self.afford(body, Format::Protobuf, Request::Logs)?;
+        let req = ExportLogsServiceRequest::decode(body).map_err(|e| {
+            self.refuse(Reason::Malformed, format!("the body is not a valid OTLP protobuf message: {e}"))
+        })?;
+        self.logs(req)
+    }
+
+    /// Refuses a body that would take far more memory to decode than its
+    /// size warrants ([`cost`]): a request of empty messages. Before this
+    /// check, 16 KB of gzip (16 MiB of empty data points) took the
+    /// collector to 1.4 GB. Run before anything is decoded.
+    pub(crate) fn afford(&self, body: &[u8], format: Format, request: Request) -> Result<(), Refused> {
+        let reckoned = match format {
+            Format::Protobuf => cost::protobuf(body, request).map_err(|e| e.to_string()),
+            Format::Json => {
+                cost::json(&mut serde_json::Deserializer::from_slice(body), request).map_err(|e| e.to_string())
+            }
+        };
+        let cost = reckoned.map_err(|e| {
+            self.refuse(Reason::Malformed, format!("the body is not a valid OTLP {format} message: {e}"))
+        })?;
+        cost::check(cost, body.len()).map_err(|e| self.refuse(Reason::TooLarge, e.to_string()))
     }
 
     pub(crate) fn logs(&self, req: ExportLogsServiceRequest) -> Result<ExportLogsServiceResponse, Refused> {

@@ -24,6 +24,7 @@
 //! to 100 levels deep inside a counter is accepted here and refused by prost.
 
 use super::attrs::Val;
+use super::cost::{self, Part, Request};
 use super::metrics::{self, ExpView, Tally};
 use super::{DecodeError, Decoded, ResourceInfo};
 use crate::names;
@@ -41,11 +42,24 @@ pub type ResourceParts = Vec<(u64, Result<Decoded, DecodeError>)>;
 /// Decodes a protobuf `ExportMetricsServiceRequest`: `Err` when the bytes
 /// are not one, else per resource what [`super::decode_metrics`] gives for
 /// that resource alone.
-pub fn decode_metrics_bytes(buf: &[u8]) -> Result<ResourceParts, prost::DecodeError> {
+pub fn decode_metrics_bytes(buf: &[u8]) -> Result<ResourceParts, BytesError> {
     if let Some(parts) = fast(buf) {
         return Ok(parts);
     }
+    cost::check(cost::protobuf(buf, Request::Metrics)?, buf.len())?;
     Ok(decode_metrics_per_resource(ExportMetricsServiceRequest::decode(buf)?))
+}
+
+/// Why [`decode_metrics_bytes`] refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum BytesError {
+    #[error("the body is not a valid OTLP protobuf message: {0}")]
+    Malformed(#[from] prost::DecodeError),
+    #[error("the body is not a valid OTLP protobuf message: {0}")]
+    Unreadable(#[from] cost::Unreadable),
+    /// Would take far more memory to decode than its size warrants.
+    #[error(transparent)]
+    TooCostly(#[from] cost::TooCostly),
 }
 
 /// [`super::decode_metrics`] one resource at a time, with each resource's
@@ -294,7 +308,10 @@ fn resource_metrics<'a>(buf: &'a [u8], scratch: &mut Scratch<'a>) -> Option<(u64
         (3, LEN) => r.string().map(drop),
         _ => None,
     })?;
-    let resource = resource.map(Resource::decode).transpose().ok()?;
+    let resource = match resource {
+        Some(b) => Some(cost::decode_part::<Resource>(b, Part::Resource)?),
+        None => None,
+    };
     let mut out = Decoded { ignored: tally.ignored, ..Decoded::default() };
     if tally.ours > 0 {
         out.batches.push((ResourceInfo::from_otlp(resource.as_ref()).ok()?, obs));
@@ -317,7 +334,9 @@ fn scope_metrics<'a>(
         (3, LEN) => r.string().map(drop),
         _ => None,
     })?;
-    scope.map(InstrumentationScope::decode).transpose().ok()?;
+    if let Some(b) = scope {
+        cost::decode_part::<InstrumentationScope>(b, Part::Scope)?;
+    }
     Some(())
 }
 
@@ -344,7 +363,7 @@ fn metric<'a>(
     match exp {
         Some(exp) if name == names::METRIC_QUERY_DURATION && !plain => durations(exp, obs, tally, total, scratch),
         _ => {
-            let m = Metric::decode(buf).ok()?;
+            let m: Metric = cost::decode_part(buf, Part::Metric)?;
             *total += metrics::points(&m);
             metrics::decode_metric(&m, obs, tally).ok()
         }

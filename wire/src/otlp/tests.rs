@@ -1057,8 +1057,18 @@ fn agent_health_of_another_kind_is_ignored_and_bad_points_rejected() {
 /// Both decoders' answers for `bytes`, as comparable text. Debug output is
 /// exact here: both insert into the same deterministic maps in the same order.
 fn both_decoders(bytes: &[u8]) -> (String, String) {
-    let raw = decode_metrics_bytes(bytes);
     let prost = ExportMetricsServiceRequest::decode(bytes).map(decode_metrics_per_resource);
+    let raw = match decode_metrics_bytes(bytes) {
+        Ok(parts) => Ok(parts),
+        Err(BytesError::Malformed(e)) => Err(e),
+        // The cost walk found it malformed before prost did: the same
+        // answer if prost refuses it too.
+        Err(BytesError::Unreadable(e)) => {
+            let ours = format!("unreadable ({e}); prost refuses it too: {}", prost.is_err());
+            return (ours, format!("unreadable ({e}); prost refuses it too: true"));
+        }
+        Err(e @ BytesError::TooCostly(_)) => panic!("{e}"),
+    };
     (canonical(&raw), canonical(&prost))
 }
 
