@@ -109,6 +109,18 @@ struct Session {
     used: u64,
 }
 
+impl Session {
+    /// The heap its texts hold (what [`TEXT_BUDGET`] bounds).
+    fn text_bytes(&self) -> usize {
+        self.last_statement.capacity() + self.pending_text.as_ref().map_or(0, String::capacity)
+    }
+}
+
+/// Bytes of statement text all sessions may hold together (at least eight
+/// of the longest statement kept). The session count alone did not bound
+/// it: 20,000 sessions that each once ran a 20 KB statement held 400 MB.
+const TEXT_BUDGET: usize = 64 << 20;
+
 /// Counters of what the sessionizer could not pair.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionStats {
@@ -126,6 +138,9 @@ pub struct Sessionizer {
     idents: FxHashMap<u32, (String, String)>,
     max_sessions: usize,
     max_text: usize,
+    /// Sum of [`Session::text_bytes`], and its bound.
+    text_bytes: usize,
+    max_text_bytes: usize,
     stats: SessionStats,
     /// Entries seen: the clock of [`Session::used`].
     clock: u64,
@@ -146,6 +161,8 @@ impl Sessionizer {
             idents: FxHashMap::default(),
             max_sessions,
             max_text,
+            text_bytes: 0,
+            max_text_bytes: TEXT_BUDGET.max(max_text.saturating_mul(8)),
             stats: SessionStats::default(),
             clock: 0,
         }
@@ -168,13 +185,18 @@ impl Sessionizer {
                 (leader_ident.0.as_str(), leader_ident.1.as_str())
             }
             (db, _) => {
+                // Kept up to date: a pid is reused by a later session (no
+                // `disconnection` line in between without
+                // log_disconnections), whose workers must not be put under
+                // the earlier session's database.
+                let user = entry.user.as_deref().unwrap_or("");
                 if let (Some(pid), Some(db)) = (entry.pid, db)
-                    && !self.idents.contains_key(&pid)
+                    && self.idents.get(&pid).is_none_or(|(d, u)| d != db || u != user)
                 {
-                    if self.idents.len() >= self.max_sessions {
+                    if self.idents.len() >= self.max_sessions && !self.idents.contains_key(&pid) {
                         self.idents.clear();
                     }
-                    self.idents.insert(pid, (db.to_owned(), entry.user.as_deref().unwrap_or("").to_owned()));
+                    self.idents.insert(pid, (db.to_owned(), user.to_owned()));
                 }
                 (db.unwrap_or(""), entry.user.as_deref().unwrap_or(""))
             }
@@ -188,12 +210,13 @@ impl Sessionizer {
             // logged) must not pair with it. Failed statements count as
             // errors, not calls.
             if let Some(k) = entry.session_key()
-                && let Some(s) = self.sessions.get_mut(&k)
+                && self.sessions.contains_key(&k)
+                && self.with_session(k, entry.pid, |s| {
+                    s.pending_text = None;
+                    s.pre_exec.take().is_some()
+                })
             {
-                s.pending_text = None;
-                if s.pre_exec.take().is_some() {
-                    self.stats.unattributed_durations += 1;
-                }
+                self.stats.unattributed_durations += 1;
             }
             let statement = entry.statement.as_deref();
             sink(Event::Error { ctx, sqlstate: entry.sqlstate, message: msg, statement });
@@ -236,8 +259,10 @@ impl Sessionizer {
         if msg.starts_with("connection ") {
             class::CONNECTION
         } else if msg.starts_with("disconnection: ") {
-            if let Some(key) = entry.session_key() {
-                self.sessions.remove(&key);
+            if let Some(key) = entry.session_key()
+                && let Some(gone) = self.sessions.remove(&key)
+            {
+                self.text_bytes -= gone.text_bytes();
             }
             if let Some(pid) = entry.pid {
                 self.idents.remove(&pid);
@@ -265,6 +290,21 @@ impl Sessionizer {
         s
     }
 
+    /// `f` on the session's state, keeping [`Self::text_bytes`]: every
+    /// change to a session's texts goes through here. Past the budget, the
+    /// sessions idle longest are forgotten (this one, just used, stays).
+    fn with_session<R>(&mut self, key: SessionKey, pid: Option<u32>, f: impl FnOnce(&mut Session) -> R) -> R {
+        let s = self.session(key, pid);
+        let before = s.text_bytes();
+        let r = f(s);
+        let after = s.text_bytes();
+        self.text_bytes = (self.text_bytes + after).saturating_sub(before);
+        if self.text_bytes > self.max_text_bytes {
+            self.forget_idle_sessions();
+        }
+        r
+    }
+
     /// Bounded state: the half of the sessions idle longest is forgotten,
     /// counted. Sessions leave only with a `disconnection:` line, which
     /// `log_disconnections` (off by default) writes, so without it the
@@ -276,7 +316,13 @@ impl Sessionizer {
         let mid = used.len() / 2;
         let (_, &mut cut, _) = used.select_nth_unstable(mid);
         let before = self.sessions.len();
-        self.sessions.retain(|_, s| s.used > cut);
+        let mut freed = 0;
+        self.sessions.retain(|_, s| {
+            let keep = s.used > cut;
+            freed += if keep { 0 } else { s.text_bytes() };
+            keep
+        });
+        self.text_bytes -= freed;
         self.stats.evicted_sessions += (before - self.sessions.len()) as u64;
         let sessions = &self.sessions;
         self.pids.retain(|_, k| sessions.contains_key(k));
@@ -285,8 +331,7 @@ impl Sessionizer {
     fn remember_statement(&mut self, entry: &LogEntry<'_>, text: &str) {
         let Some(key) = entry.session_key() else { return };
         let max = self.max_text;
-        let s = self.session(key, entry.pid);
-        s.pending_text = Some(bounded(text, max).to_owned());
+        self.with_session(key, entry.pid, |s| s.pending_text = Some(bounded(text, max).to_owned()));
     }
 
     fn duration<F: FnMut(Event<'_>)>(
@@ -303,11 +348,11 @@ impl Sessionizer {
         let what = after.strip_prefix("  ").unwrap_or(after);
         if what.is_empty() {
             // log_duration: pair with the session's pending statement text.
-            let pending = key.and_then(|k| self.session(k, entry.pid).pending_text.take());
+            let pending = key.and_then(|k| self.with_session(k, entry.pid, |s| s.pending_text.take()));
             match pending {
                 Some(text) => {
                     if let Some(k) = key {
-                        set(&mut self.session(k, entry.pid).last_statement, &text);
+                        self.with_session(k, entry.pid, |s| set(&mut s.last_statement, &text));
                     }
                     sink(Event::Statement { ctx, duration, text: Cow::Owned(text) });
                 }
@@ -317,13 +362,15 @@ impl Sessionizer {
         }
         if let Some(text) = what.strip_prefix("statement: ") {
             if let Some(k) = key {
-                let s = self.session(k, entry.pid);
                 // Anything left from parse/bind belonged to a statement that
                 // never executed (or whose execute was not logged).
-                if s.pre_exec.take().is_some() {
+                let leftover = self.with_session(k, entry.pid, |s| {
+                    set(&mut s.last_statement, bounded(text, max));
+                    s.pre_exec.take().is_some()
+                });
+                if leftover {
                     self.stats.unattributed_durations += 1;
                 }
-                set(&mut self.session(k, entry.pid).last_statement, bounded(text, max));
             }
             sink(Event::Statement { ctx, duration, text: Cow::Borrowed(text) });
             return class::DURATION;
@@ -370,13 +417,15 @@ impl Sessionizer {
         {
             let mut total = duration;
             if let Some(k) = key {
-                let s = self.session(k, entry.pid);
-                match s.pre_exec.take() {
+                let pre_exec = self.with_session(k, entry.pid, |s| {
+                    set(&mut s.last_statement, bounded(text, max));
+                    s.pre_exec.take()
+                });
+                match pre_exec {
                     Some((h, d)) if h == text_hash(text) => total += d,
                     Some(_) => self.stats.unattributed_durations += 1,
                     None => {}
                 }
-                set(&mut self.session(k, entry.pid).last_statement, bounded(text, max));
             }
             sink(Event::Statement { ctx, duration: total, text: Cow::Borrowed(text) });
             return class::DURATION;
@@ -434,9 +483,15 @@ fn text_hash(text: &str) -> u64 {
     std::hash::BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(text)
 }
 
+/// Puts `text` in `slot`, reusing its buffer unless that is far larger
+/// (kept, one long statement would hold its size for the session's life).
 fn set(slot: &mut String, text: &str) {
-    slot.clear();
-    slot.push_str(text);
+    if slot.capacity() > 4 * text.len().max(1024) {
+        *slot = text.to_owned();
+    } else {
+        slot.clear();
+        slot.push_str(text);
+    }
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
@@ -635,6 +690,27 @@ mod tests {
     }
 
     #[test]
+    fn the_texts_sessions_keep_stay_within_their_budget() {
+        let mut s = Sessionizer::new(20_000, 1 << 20);
+        let mut sink = |_: Event<'_>| {};
+        let big = format!("INSERT INTO t VALUES ('{}')", "x".repeat(100_000));
+        // 2,000 sessions that each ran one 100 KB statement, with
+        // log_statement (a text waiting for its duration) and without.
+        for pid in 0..2_000 {
+            s.process(&entry(pid, &format!("duration: 1.000 ms  statement: {big}")), &mut sink);
+            s.process(&entry(pid, &format!("statement: {big}")), &mut sink);
+            let held: usize = s.sessions.values().map(Session::text_bytes).sum();
+            assert_eq!(s.text_bytes, held, "the books match the sessions");
+            assert!(held <= s.max_text_bytes, "{held} bytes held after session {pid}");
+        }
+        assert!(s.stats().evicted_sessions > 0);
+        // A session that ran one long statement does not keep its size.
+        s.process(&entry(1, "duration: 1.000 ms  statement: SELECT 1"), &mut sink);
+        let one = &s.sessions[&entry(1, "").session_key().unwrap()];
+        assert!(one.last_statement.capacity() <= 4096, "{}", one.last_statement.capacity());
+    }
+
+    #[test]
     fn a_full_session_table_forgets_the_sessions_idle_longest() {
         let mut s = Sessionizer::new(4, 1 << 20);
         let mut sink = |_: Event<'_>| {};
@@ -752,6 +828,21 @@ mod tests {
             });
         }
         assert_eq!(seen, vec![("db".to_owned(), "u".to_owned())]);
+
+        // The leader's pid reused by a session of another database (no
+        // disconnection logged): its workers follow the new session.
+        let mut reused = entry(7, "duration: 1.000 ms  statement: SELECT 2");
+        reused.database = Some("crm".into());
+        reused.session_id = Some("other-session".into());
+        seen.clear();
+        for e in [&reused, &worker] {
+            s.process(e, &mut |ev| {
+                if let Event::TempFile { ctx, .. } = ev {
+                    seen.push((ctx.database.to_owned(), ctx.user.to_owned()));
+                }
+            });
+        }
+        assert_eq!(seen, vec![("crm".to_owned(), "u".to_owned())]);
     }
 
     #[test]

@@ -258,6 +258,45 @@ mod tail {
     }
 
     #[test]
+    fn a_line_read_between_the_copy_and_the_truncation_reads_nothing_twice() {
+        let all = lines(1..=8);
+        let mut env = Env::glob(|d| append(&d.join("app.log"), &text(&all[..6])));
+        assert_eq!(env.poll(), all[..6]);
+        // logrotate copied; PostgreSQL wrote line 7, which the tailer read
+        // from the original before logrotate truncated it: the copy is
+        // shorter than what was read.
+        fs::copy(env.path("app.log"), env.path("app-000001.log")).unwrap();
+        append(&env.path("app.log"), &text(&all[6..7]));
+        assert_eq!(env.poll(), all[6..7]);
+        OpenOptions::new().write(true).open(env.path("app.log")).unwrap().set_len(0).unwrap();
+        append(&env.path("app.log"), &text(&all[7..8]));
+        assert_eq!(env.poll(), all[7..8]);
+        assert_eq!(env.poll(), Vec::<String>::new(), "the copy is not read again from its start");
+        assert_eq!(env.tailer.stats().copies_followed, 1);
+    }
+
+    #[test]
+    fn compressed_rotations_in_the_watched_directory_are_not_read() {
+        // Debian's logrotate: copytruncate, then `.log.1`, then `.log.2.gz`
+        // (delaycompress), all matching the default `postgresql-*`.
+        let mut env = Env::new(
+            |d| vec![Source::Directory { dir: d.to_path_buf(), pattern: "app*".into() }],
+            StartAt::Beginning,
+            |d| append(&d.join("app.log"), "a 1\n"),
+        );
+        assert_eq!(env.poll(), ["a 1"]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"an old day of log lines\n").unwrap();
+        fs::write(env.path("app.log.2.gz"), gz.finish().unwrap()).unwrap();
+        fs::write(env.path("app.log.3.xz"), b"\xfd7zXZ\x00 not text\n").unwrap();
+        append(&env.path("app.log"), "a 2\n");
+        assert_eq!(env.poll(), ["a 2"]);
+        assert_eq!(env.tailer.stats().rotations, 0);
+        append(&env.path("app.log"), "a 3\n");
+        assert_eq!(env.poll(), ["a 3"]);
+    }
+
+    #[test]
     fn copytruncate_with_a_copy_out_of_view_starts_again_at_zero() {
         let all = lines(1..=4);
         let mut env = Env::glob(|d| append(&d.join("app.log"), &text(&all[..2])));

@@ -95,39 +95,37 @@ impl JsonParser {
     }
 
     fn line<F: FnMut(LogEntry<'_>)>(&mut self, line: &[u8], line_no: u64, sink: &mut F) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return;
-        }
-        match serde_json::from_slice::<Record<'_>>(line) {
-            Ok(rec) => self.emit(rec, line_no, false, false, sink),
-            Err(_) => {
-                // serde_json rejects invalid UTF-8; PostgreSQL writes the
-                // database encoding as is, so retry on a repaired copy.
-                let repaired = String::from_utf8_lossy(line);
-                if matches!(repaired, Cow::Borrowed(_)) {
-                    return self.broken(line, line_no, sink);
-                }
-                match serde_json::from_str::<Record<'_>>(&repaired) {
-                    Ok(rec) => self.emit(rec, line_no, true, false, sink),
-                    Err(_) => self.broken(line, line_no, sink),
-                }
+        let mut line = line.strip_suffix(b"\r").unwrap_or(line);
+        // A loop, not recursion: a line of nothing but record starts once
+        // went one call deeper per 13 bytes and overflowed the stack.
+        while !line.iter().all(u8::is_ascii_whitespace) {
+            if self.record(line, line_no, sink) {
+                return;
             }
+            line = match broken(line) {
+                Some(rest) => rest,
+                None => return,
+            };
         }
     }
 
-    /// A line that is not a record: counted. An object cut short (a crash
-    /// mid-write) may have the next record glued to it, when the server
-    /// starts again and appends to the same file; without looking for it,
-    /// that whole record would be lost with the broken one. PostgreSQL
-    /// writes `timestamp` first, and inside a JSON string every quote is
-    /// escaped, so an unescaped `{"timestamp":` past the start of the line
-    /// is where a record begins: it is parsed on its own.
-    fn broken<F: FnMut(LogEntry<'_>)>(&mut self, line: &[u8], line_no: u64, sink: &mut F) {
-        self.stats.unparsed += 1;
-        if let Some(i) = memchr::memmem::find(line.get(1..).unwrap_or_default(), RECORD_START) {
-            self.line(&line[1 + i..], line_no, sink);
+    /// Emits `line` if it is a record; false (and counted) if not.
+    fn record<F: FnMut(LogEntry<'_>)>(&mut self, line: &[u8], line_no: u64, sink: &mut F) -> bool {
+        if let Ok(rec) = serde_json::from_slice::<Record<'_>>(line) {
+            self.emit(rec, line_no, false, false, sink);
+            return true;
         }
+        // serde_json rejects invalid UTF-8; PostgreSQL writes the database
+        // encoding as is, so retry on a repaired copy.
+        let repaired = String::from_utf8_lossy(line);
+        if matches!(repaired, Cow::Owned(_))
+            && let Ok(rec) = serde_json::from_str::<Record<'_>>(&repaired)
+        {
+            self.emit(rec, line_no, true, false, sink);
+            return true;
+        }
+        self.stats.unparsed += 1;
+        false
     }
 
     /// A line longer than the cap, cut at the cap: close the JSON where it
@@ -194,6 +192,19 @@ impl JsonParser {
     }
 }
 
+/// Where parsing goes on in a line that is not a record. An object cut short (a crash
+/// mid-write) may have the next record glued to it, when the server
+/// starts again and appends to the same file; without looking for it,
+/// that whole record would be lost with the broken one. PostgreSQL
+/// writes `timestamp` first, and inside a JSON string every quote is
+/// escaped, so an unescaped `{"timestamp":` past the start of the line
+/// is where a record begins: it is parsed on its own. `None` if there is
+/// none.
+fn broken(line: &[u8]) -> Option<&[u8]> {
+    let i = memchr::memmem::find(line.get(1..).unwrap_or_default(), RECORD_START)?;
+    Some(&line[1 + i..])
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -214,6 +225,22 @@ mod tests {
         }
         assert_eq!(start, input.len());
         (out, p.stats().clone())
+    }
+
+    #[test]
+    fn a_line_of_nothing_but_record_starts_is_counted_not_a_stack_overflow() {
+        // Each start was one recursion deep: 50,000 of them overflowed a
+        // thread's stack and aborted the agent (on every restart, since
+        // the line was never committed). A small stack shows it in a test.
+        let line = format!("{}\n{}", "{\"timestamp\":".repeat(50_000), JSON);
+        let (out, stats) = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || run(line.as_bytes(), 4096, 1 << 20))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(stats.unparsed, 50_000);
+        assert_eq!(out.len(), 2, "the records after it are read");
     }
 
     const JSON: &str = concat!(

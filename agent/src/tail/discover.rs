@@ -62,6 +62,18 @@ pub(super) fn class_of(name: &str) -> u8 {
     }
 }
 
+/// A rotated file compressed by logrotate (Debian's default: `compress`,
+/// `delaycompress`), which a directory pattern such as `postgresql-*` also
+/// matches. It holds nothing the plain files did not (it is a day already
+/// read), and read as text it was garbage that also displaced the live
+/// file as its stream's newest. `analyze` reads such files; the tailer
+/// follows plain ones.
+fn compressed(name: &str) -> bool {
+    const SUFFIXES: [&str; 6] = [".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"];
+    let name = name.as_bytes();
+    SUFFIXES.iter().any(|s| name.len() > s.len() && name[name.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes()))
+}
+
 /// Lists every watch. Paths that vanish between listing and stat are left
 /// out silently: that is a deletion, which the tailer notices on its own.
 pub(super) fn discover(watches: &[Watch], seen: &mut Vec<Seen>, problems: &mut Vec<Problem>) {
@@ -96,7 +108,9 @@ pub(super) fn discover(watches: &[Watch], seen: &mut Vec<Seen>, problems: &mut V
                             break;
                         }
                     };
-                    if !pattern.matches_with(&entry.file_name().to_string_lossy(), MATCH) {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    if !pattern.matches_with(&name, MATCH) || compressed(&name) {
                         continue;
                     }
                     let path = entry.path();

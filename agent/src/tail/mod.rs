@@ -1159,6 +1159,15 @@ impl Tailer {
         g.mtime = copy.mtime;
         g.created = copy.created;
         g.truncated = false;
+        // Read past the copy's end: PostgreSQL wrote after logrotate's copy
+        // and before its truncation, and the tailer read that from the
+        // original. The copy has everything before it; kept at the read
+        // offset, the shorter copy looked truncated on the next poll and was
+        // read again from its start (a day of lines twice).
+        if g.offset > g.size {
+            g.offset = g.size.max(g.tail.len() as u64);
+            g.committed = g.committed.min(g.offset);
+        }
         g.visible = true;
         let stream = g.stream;
         self.index.insert(copy.key, id);
