@@ -351,10 +351,22 @@ impl Sessionizer {
             let pending = key.and_then(|k| self.with_session(k, entry.pid, |s| s.pending_text.take()));
             match pending {
                 Some(text) => {
+                    let mut total = duration;
                     if let Some(k) = key {
-                        self.with_session(k, entry.pid, |s| set(&mut s.last_statement, &text));
+                        let pre_exec = self.with_session(k, entry.pid, |s| {
+                            set(&mut s.last_statement, &text);
+                            s.pre_exec.take()
+                        });
+                        // log_min_duration_statement logged a slow parse or
+                        // bind with its text; the execute, already logged by
+                        // log_statement, then gets a bare duration.
+                        match pre_exec {
+                            Some((h, d)) if h == text_hash(&text) => total += d,
+                            Some(_) => self.stats.unattributed_durations += 1,
+                            None => {}
+                        }
                     }
-                    sink(Event::Statement { ctx, duration, text: Cow::Owned(text) });
+                    sink(Event::Statement { ctx, duration: total, text: Cow::Owned(text) });
                 }
                 None => self.stats.unattributed_durations += 1,
             }
@@ -670,6 +682,24 @@ mod tests {
             vec![Seen::Stmt(ms(3.1), "SELECT * FROM big".into()), Seen::Stmt(ms(1.0), "SELECT * FROM big".into())]
         );
         assert_eq!(stats.unattributed_durations, 3);
+    }
+
+    #[test]
+    fn parse_and_bind_time_joins_an_execute_logged_by_log_statement() {
+        // log_statement = 'all' with log_min_duration_statement: the slow
+        // parse and bind come with their text, the execute's text comes
+        // from log_statement and its duration bare.
+        let (seen, _, stats) = run(&[
+            entry(1, "duration: 0.100 ms  parse <unnamed>: SELECT $1"),
+            entry(1, "duration: 0.200 ms  bind <unnamed>: SELECT $1"),
+            entry(1, "execute <unnamed>: SELECT $1"),
+            entry(1, "duration: 0.300 ms"),
+            entry(1, "duration: 0.100 ms  parse <unnamed>: SELECT 2"),
+            entry(1, "execute <unnamed>: SELECT 2"),
+            entry(1, "duration: 0.400 ms"),
+        ]);
+        assert_eq!(seen, vec![Seen::Stmt(ms(0.6), "SELECT $1".into()), Seen::Stmt(ms(0.5), "SELECT 2".into())]);
+        assert_eq!(stats.unattributed_durations, 0);
     }
 
     #[test]

@@ -338,6 +338,71 @@ fn is_keyword(w: &[u8]) -> bool {
     )
 }
 
+/// Whether `sql` ends inside a string, quoted identifier or comment: a
+/// statement cut inside a literal. auto_explain prints the statement and
+/// then the plan with no marker in between, so a line of a multi-line
+/// literal that looks like a plan node (`Refund (actual …`) can only be
+/// told from the plan's root by whether the text before it is closed.
+/// With `plain_backslash`, a backslash escapes in every string, as with
+/// `standard_conforming_strings = off` (see [`mask_into`]).
+pub(crate) fn ends_open(sql: &str, plain_backslash: bool) -> bool {
+    let s = sql.as_bytes();
+    let mut i = 0;
+    while i < s.len() {
+        let after_ident = i > 0 && is_ident_cont(s[i - 1]);
+        i = match (s[i], s.get(i + 1)) {
+            (b'\'', _) => {
+                // E'…' escapes with backslashes; a standard string does not.
+                let e = after_ident && matches!(s[i - 1], b'e' | b'E') && (i < 2 || !is_ident_cont(s[i - 2]));
+                match closed_quote(s, i + 1, e || plain_backslash) {
+                    Some(end) => end,
+                    None => return true,
+                }
+            }
+            (b'"', _) => match qident_end(s, i + 1) {
+                Some(end) => end,
+                None => return true,
+            },
+            (b'-', Some(b'-')) => match memchr2(b'\n', b'\r', &s[i + 2..]) {
+                Some(r) => i + 3 + r,
+                None => return true,
+            },
+            (b'/', Some(b'*')) => {
+                let end = block_comment_end(s, i + 2);
+                if end == s.len() && !s.ends_with(b"*/") {
+                    return true;
+                }
+                end
+            }
+            (b'$', _) if !after_ident => match dollar(s, i) {
+                (Kind::Str, end) if end == s.len() && !closes_dollar(s, i) => return true,
+                (_, end) => end,
+            },
+            _ => i + 1,
+        };
+    }
+    false
+}
+
+/// The end of a quoted body starting at `i`, if it is closed.
+fn closed_quote(s: &[u8], mut i: usize, backslash: bool) -> Option<usize> {
+    loop {
+        match *s.get(i)? {
+            b'\\' if backslash => i += 2,
+            b'\'' if s.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+}
+
+/// Whether the dollar quote opening at `start` has its closing tag.
+fn closes_dollar(s: &[u8], start: usize) -> bool {
+    let Some(len) = s[start + 1..].iter().position(|&b| b == b'$') else { return false };
+    let tag = &s[start..start + len + 2];
+    memmem::find(&s[start + tag.len()..], tag).is_some()
+}
+
 /// Skips whitespace and comments from `i`; returns the next significant
 /// offset, or `s.len()` (an unterminated comment runs to the end).
 fn skip_trivia(s: &[u8], mut i: usize) -> usize {

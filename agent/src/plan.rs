@@ -126,11 +126,15 @@ fn split_json(body: &str) -> Result<AutoExplain<'_>, PlanError> {
 
 fn split_text(body: &str) -> Result<AutoExplain<'_>, PlanError> {
     // The statement can span lines and contain anything, so where does it end?
-    // The plan root is the one unindented line that is a node header with a
-    // cost group (auto_explain always prints costs); every later plan line is
-    // indented or a trailer without costs (Trigger, JIT, Settings). Taking the
-    // *last* such line means a statement line that merely looks like a root
-    // (it can only come earlier) cannot cut the plan short.
+    // The plan root is an unindented line that is a node header with a cost
+    // group (auto_explain always prints costs); every later plan line is
+    // indented or a trailer without costs (Trigger, JIT, Settings) — or a
+    // line of a multi-line literal in a Filter, unindented too. So the root
+    // is the *first* root-looking line before which the statement is closed
+    // (not inside a string or comment): a statement's literal line that looks
+    // like a root is inside its string, and taking the last such line took a
+    // Filter literal's line for the root, sending the literal out as plan
+    // structure.
     let mut root_start = None;
     let mut params_start = None;
     let mut lines = 0;
@@ -139,8 +143,13 @@ fn split_text(body: &str) -> Result<AutoExplain<'_>, PlanError> {
         lines += 1;
         let text = line.trim_end_matches(['\n', '\r']);
         if offset > 0 {
-            if is_root_header(text) {
+            // Closed in either reading of backslashes: a statement written
+            // for `standard_conforming_strings = off` must not lose its plan.
+            let before = &body[..offset];
+            if is_root_header(text) && !(crate::mask::ends_open(before, false) && crate::mask::ends_open(before, true))
+            {
                 root_start = Some(offset);
+                break;
             } else if root_start.is_none() && params_start.is_none() && text.starts_with("Query Parameters:") {
                 // PostgreSQL 16+ prints bind values right after the statement.
                 // Take the first occurrence: a statement line that happens to
@@ -669,6 +678,36 @@ mod tests {
         assert_eq!(split.query_text, AUTO_QUERY);
         assert!(!split.plan.contains("Query Parameters"));
         assert!(!split.plan.contains("$2"));
+    }
+
+    #[test]
+    fn a_literal_line_that_looks_like_a_node_is_not_the_plan_root() {
+        // The literal's second line is unindented in the statement and in
+        // the Filter: neither is the root, and its words do not leave.
+        let body = "Query Text: SELECT * FROM notes WHERE body = 'a\nRefund (actual hunter2)'\n\
+                    Seq Scan on notes  (cost=0.00..1.01 rows=1 width=4)\n\
+                    \x20 Filter: (body = 'a\nRefund (actual hunter2)'::text)\n";
+        let split = split_auto_explain(body).unwrap();
+        assert_eq!(split.query_text, "SELECT * FROM notes WHERE body = 'a\nRefund (actual hunter2)'");
+        assert!(split.plan.starts_with("Seq Scan on notes"), "{}", split.plan);
+        let mut out = String::new();
+        mask_plan(&split.plan, split.format, &mut out).unwrap();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(out.contains("Filter"), "{out}");
+
+        // Inside a comment, a dollar quote or an E'' string alike; and a
+        // statement for standard_conforming_strings = off keeps its plan.
+        for statement in [
+            "SELECT 1 /* note:\nSort  (cost=1.00..2.00 rows=1 width=4) */",
+            "SELECT $q$\nHash Join  (cost=1.00..2.00 rows=1 width=4)$q$",
+            "SELECT E'it\\'s\nLimit  (cost=1.00..2.00 rows=1 width=4)'",
+            "SELECT 'it\\'s'",
+        ] {
+            let body = format!("Query Text: {statement}\nResult  (cost=0.00..0.01 rows=1 width=4)\n");
+            let split = split_auto_explain(&body).unwrap();
+            assert_eq!(split.query_text, statement);
+            assert!(split.plan.starts_with("Result"), "{statement}: {}", split.plan);
+        }
     }
 
     #[test]
