@@ -357,7 +357,7 @@ pub fn protobuf(buf: &[u8], request: Request) -> Result<usize, Unreadable> {
 /// parent's to count.
 fn message(mut buf: &[u8], schema: &Schema, depth: usize) -> Result<usize, Unreadable> {
     if depth > MAX_DEPTH {
-        return Err(Unreadable("messages nested too deep".into()));
+        return Err(Unreadable(format!("recursion limit reached: messages nested deeper than {MAX_DEPTH}")));
     }
     // Elements per repeated field, in the schema's order (at most a few).
     let mut counts = [0usize; MAX_FIELDS];
@@ -492,7 +492,7 @@ impl<'de> Visitor<'de> for Json<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Cost, A::Error> {
         if self.depth > MAX_DEPTH {
-            return Err(A::Error::custom("objects nested too deep"));
+            return Err(A::Error::custom(format!("recursion limit reached: objects nested deeper than {MAX_DEPTH}")));
         }
         let schema = match self.kind {
             Some(Kind::Message(schema)) => Some(schema),
@@ -517,7 +517,7 @@ impl<'de> Visitor<'de> for Json<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Cost, A::Error> {
         if self.depth > MAX_DEPTH {
-            return Err(A::Error::custom("arrays nested too deep"));
+            return Err(A::Error::custom(format!("recursion limit reached: arrays nested deeper than {MAX_DEPTH}")));
         }
         let (mut n, mut cost) = (0usize, Cost::default());
         while let Some(c) = seq.next_element_seed(Json { depth: self.depth + 1, ..self })? {
