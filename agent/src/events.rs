@@ -126,6 +126,9 @@ const TEXT_BUDGET: usize = 64 << 20;
 pub struct SessionStats {
     pub unattributed_durations: u64,
     pub evicted_sessions: u64,
+    /// Sessions' last statements let go to stay within [`TEXT_BUDGET`]
+    /// (a lock they block then names no blocking statement).
+    pub dropped_texts: u64,
 }
 
 /// Turns entries into events, keeping the per-session state pairing needs.
@@ -300,9 +303,29 @@ impl Sessionizer {
         let after = s.text_bytes();
         self.text_bytes = (self.text_bytes + after).saturating_sub(before);
         if self.text_bytes > self.max_text_bytes {
-            self.forget_idle_sessions();
+            self.shed_texts(key);
         }
         r
+    }
+
+    /// Back within the text budget. The other sessions' last statements go
+    /// first: they only name lock blockers, while a text waiting for its
+    /// duration pairs a call. Forgetting the idle half of the sessions
+    /// instead emptied the table of small sessions while a few recent
+    /// large ones held the bytes.
+    fn shed_texts(&mut self, keep: SessionKey) {
+        let mut freed = 0;
+        for (k, s) in &mut self.sessions {
+            if *k != keep && s.last_statement.capacity() > 0 {
+                freed += s.last_statement.capacity();
+                s.last_statement = String::new();
+                self.stats.dropped_texts += 1;
+            }
+        }
+        self.text_bytes -= freed;
+        if self.text_bytes > self.max_text_bytes {
+            self.forget_idle_sessions();
+        }
     }
 
     /// Bounded state: the half of the sessions idle longest is forgotten,
@@ -733,11 +756,34 @@ mod tests {
             assert_eq!(s.text_bytes, held, "the books match the sessions");
             assert!(held <= s.max_text_bytes, "{held} bytes held after session {pid}");
         }
-        assert!(s.stats().evicted_sessions > 0);
+        assert!(s.stats().evicted_sessions > 0 && s.stats().dropped_texts > 0);
         // A session that ran one long statement does not keep its size.
         s.process(&entry(1, "duration: 1.000 ms  statement: SELECT 1"), &mut sink);
         let one = &s.sessions[&entry(1, "").session_key().unwrap()];
         assert!(one.last_statement.capacity() <= 4096, "{}", one.last_statement.capacity());
+    }
+
+    #[test]
+    fn large_texts_do_not_push_out_the_statements_waiting_for_their_duration() {
+        let mut s = Sessionizer::new(20_000, 1 << 20);
+        let mut sink = |_: Event<'_>| {};
+        for pid in 0..1_000 {
+            s.process(&entry(pid, "statement: SELECT pg_sleep(60)"), &mut sink);
+        }
+        let big = format!("INSERT INTO t VALUES ('{}')", "x".repeat(1 << 19));
+        for pid in 1_000..1_200 {
+            s.process(&entry(pid, &format!("statement: {big}")), &mut sink);
+            s.process(&entry(pid, "duration: 1.000 ms"), &mut sink);
+        }
+        let mut calls = 0;
+        for pid in 0..1_000 {
+            s.process(&entry(pid, "duration: 60000.000 ms"), &mut |e| {
+                calls += usize::from(matches!(e, Event::Statement { .. }))
+            });
+        }
+        assert_eq!(calls, 1_000);
+        assert_eq!(s.stats().unattributed_durations, 0);
+        assert!(s.text_bytes <= s.max_text_bytes);
     }
 
     #[test]

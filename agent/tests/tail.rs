@@ -276,6 +276,24 @@ mod tail {
     }
 
     #[test]
+    fn a_copy_shorter_than_the_entry_held_is_not_read_twice_either() {
+        let first = lines(1..=4);
+        let mut env = Env::glob(|d| append(&d.join("app.log"), &text(&first)));
+        assert_eq!(env.poll(), first);
+        fs::copy(env.path("app.log"), env.path("app-000001.log")).unwrap();
+        // A long entry, still being written: the reader holds all of it,
+        // more bytes than the copy has.
+        append(&env.path("app.log"), &format!("a 2 {}", "x".repeat(2000)));
+        assert_eq!(env.poll(), Vec::<String>::new());
+        OpenOptions::new().write(true).open(env.path("app.log")).unwrap().set_len(0).unwrap();
+        append(&env.path("app.log"), "a 3\n");
+        let got = env.poll();
+        assert!(got.iter().all(|l| !first.contains(l)), "read again: {got:?}");
+        assert_eq!(got.last().map(String::as_str), Some("a 3"));
+        assert_eq!(env.poll(), Vec::<String>::new());
+    }
+
+    #[test]
     fn compressed_rotations_in_the_watched_directory_are_not_read() {
         // Debian's logrotate: copytruncate, then `.log.1`, then `.log.2.gz`
         // (delaycompress), all matching the default `postgresql-*`.

@@ -389,7 +389,7 @@ impl Gen {
     }
 
     fn consumed(&self) -> u64 {
-        self.offset - self.tail.len() as u64
+        self.offset.saturating_sub(self.tail.len() as u64)
     }
 
     fn finished(&self) -> bool {
@@ -1164,8 +1164,10 @@ impl Tailer {
         // original. The copy has everything before it; kept at the read
         // offset, the shorter copy looked truncated on the next poll and was
         // read again from its start (a day of lines twice).
+        // (What the consumer holds may then reach past the copy's start:
+        // positions below are saturating.)
         if g.offset > g.size {
-            g.offset = g.size.max(g.tail.len() as u64);
+            g.offset = g.size;
             g.committed = g.committed.min(g.offset);
         }
         g.visible = true;
@@ -1378,7 +1380,7 @@ impl Tailer {
             let used = consume(Chunk {
                 file: FileId(g.id),
                 path: &g.path,
-                offset: g.offset - g.tail.len() as u64,
+                offset: g.offset.saturating_sub(g.tail.len() as u64),
                 data: &g.tail,
                 eof: false,
             });
@@ -1406,7 +1408,7 @@ impl Tailer {
             let used = consume(Chunk {
                 file: FileId(g.id),
                 path: &g.path,
-                offset: g.offset - g.tail.len() as u64,
+                offset: g.offset.saturating_sub(g.tail.len() as u64),
                 data: &g.tail,
                 eof: true,
             });

@@ -291,6 +291,13 @@ pub(super) fn fast(buf: &[u8]) -> Option<ResourceParts> {
         if tag != 1 || wire != LEN {
             return None;
         }
+        // Two bytes make an empty resource, and its entry here dozens: before
+        // the list grows, its cost is checked like the rest (prost's path
+        // then refuses the request whole).
+        let entry = std::mem::size_of::<(u64, Result<Decoded, DecodeError>)>();
+        if parts.len() == parts.capacity() && !cost::affordable(cost::vec_bytes(parts.len() + 1, entry), buf.len()) {
+            return None;
+        }
         parts.push(resource_metrics(r.len_delimited()?, &mut scratch)?);
         Some(())
     })?;
