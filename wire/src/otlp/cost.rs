@@ -38,7 +38,7 @@ use std::mem::size_of;
 /// How many times its own size a request may cost to decode before it is
 /// refused. Real data stays well under it (measured in
 /// `collector/tests/decode_cost.rs`: an agent's requests and SDK-shaped
-/// ones 3.6–5.7× in protobuf, 1.7–8.8× in JSON); requests of empty
+/// ones 3.6–5.7× in protobuf, 1.7–8.4× in JSON); requests of empty
 /// messages cost 20–120×.
 pub const MAX_FACTOR: usize = 16;
 
