@@ -5,9 +5,9 @@
 //! and huge decoded, so it must not undercount what a decoded request
 //! holds; and it must leave real senders' requests well inside the bound
 //! while requests of empty messages land far outside it. This binary
-//! counts every allocation (the `cap` allocator wrapper, one test so
-//! nothing else allocates meanwhile) while prost and serde decode each
-//! request, and compares.
+//! counts every allocation (the `cap` allocator wrapper) and takes the
+//! high-water mark while prost or serde decode each request, in a child
+//! process of its own (see [`peak`]), and compares.
 #![allow(clippy::unwrap_used)]
 
 use cap::Cap;
