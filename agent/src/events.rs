@@ -294,8 +294,8 @@ impl Sessionizer {
     }
 
     /// `f` on the session's state, keeping [`Self::text_bytes`]: every
-    /// change to a session's texts goes through here. Past the budget, the
-    /// sessions idle longest are forgotten (this one, just used, stays).
+    /// change to a session's texts goes through here. Past the budget,
+    /// texts of other sessions are let go ([`Self::shed_texts`]).
     fn with_session<R>(&mut self, key: SessionKey, pid: Option<u32>, f: impl FnOnce(&mut Session) -> R) -> R {
         let s = self.session(key, pid);
         let before = s.text_bytes();
