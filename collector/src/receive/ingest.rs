@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use prost::Message;
 use querywatch_wire::otlp::cost::{self, Request};
-use querywatch_wire::otlp::{self, BytesError, DecodeError, Decoded};
+use querywatch_wire::otlp::{self, BytesError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -33,8 +33,8 @@ pub(crate) enum Format {
 impl std::fmt::Display for Format {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Format::Protobuf => "protobuf",
-            Format::Json => "JSON",
+            Format::Protobuf => "OTLP protobuf",
+            Format::Json => "OTLP/JSON",
         })
     }
 }
@@ -137,9 +137,8 @@ impl Ingest {
                 cost::json(&mut serde_json::Deserializer::from_slice(body), request).map_err(|e| e.to_string())
             }
         };
-        let cost = reckoned.map_err(|e| {
-            self.refuse(Reason::Malformed, format!("the body is not a valid OTLP {format} message: {e}"))
-        })?;
+        let cost = reckoned
+            .map_err(|e| self.refuse(Reason::Malformed, format!("the body is not a valid {format} message: {e}")))?;
         cost::check(cost, body.len()).map_err(|e| self.refuse(Reason::TooLarge, e.to_string()))
     }
 
@@ -185,7 +184,7 @@ impl Ingest {
     /// Queues the batches of a decoded request, all or none, and returns
     /// how many items were not ours. `parts`: per resource, its item count
     /// and what the decoder made of it.
-    fn hand_off(&self, signal: Signal, parts: Vec<(u64, Result<Decoded, DecodeError>)>) -> Result<u64, Refused> {
+    fn hand_off(&self, signal: Signal, parts: otlp::ResourceParts) -> Result<u64, Refused> {
         let mut batches = Vec::new();
         let mut ignored = 0u64;
         for (total, decoded) in parts {

@@ -21,7 +21,7 @@
 //! ([`decode_part`] and its fallback): walking every request once more
 //! cost 9% of the ingest rate.
 
-use super::{DecodeError, Decoded};
+use super::raw::ResourcePart;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, EntityRef, KeyValue};
@@ -65,9 +65,6 @@ const JSON_ENTRY: usize = 2 * JSON_ELEMENT;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Unreadable(String);
-
-/// What ingest keeps per resource of a request ([`super::ResourceParts`]).
-type ResourcePart = (u64, Result<Decoded, DecodeError>);
 
 /// What one field holds.
 #[derive(Clone, Copy)]
@@ -322,8 +319,7 @@ pub(super) fn decode_part<M: prost::Message + Default>(buf: &[u8], part: Part) -
         Part::Scope => &SCOPE,
         Part::Metric => &METRIC,
     };
-    let cost = message(buf, schema, 0).ok()?.saturating_add(schema.size);
-    if !affordable(cost, buf.len()) {
+    if !affordable(whole(buf, schema).ok()?, buf.len()) {
         return None;
     }
     M::decode(buf).ok()
@@ -369,9 +365,12 @@ const JSON_MAX_DEPTH: usize = 256;
 
 /// The bytes decoding the protobuf `buf` as a `request` would allocate.
 pub fn protobuf(buf: &[u8], request: Request) -> Result<usize, Unreadable> {
-    let schema = request.schema();
-    let inner = message(buf, schema, 0)?;
-    Ok(inner.saturating_add(schema.size))
+    whole(buf, request.schema())
+}
+
+/// A message of `schema`: its fields and its own struct.
+fn whole(buf: &[u8], schema: &Schema) -> Result<usize, Unreadable> {
+    Ok(message(buf, schema, 0)?.saturating_add(schema.size))
 }
 
 /// The fields of one message of `schema`: what its repeated fields' `Vec`s

@@ -48,7 +48,7 @@ mod raw;
 pub use attrs::kv_str;
 pub use logs::{decode_logs, encode_logs};
 pub use metrics::{decode_metrics, encode_metrics, points};
-pub use raw::{BytesError, ResourceParts, decode_metrics_bytes, decode_metrics_per_resource};
+pub use raw::{BytesError, ResourcePart, ResourceParts, decode_metrics_bytes, decode_metrics_per_resource};
 
 use crate::names;
 use crate::observations::Observations;

@@ -37,7 +37,11 @@ use prost::Message;
 
 /// What a request holds, per resource in order: its data points (all of
 /// them, ours or not) and what the decoder made of it.
-pub type ResourceParts = Vec<(u64, Result<Decoded, DecodeError>)>;
+pub type ResourceParts = Vec<ResourcePart>;
+
+/// One resource of [`ResourceParts`]: its data point count and what the
+/// decoder made of it.
+pub type ResourcePart = (u64, Result<Decoded, DecodeError>);
 
 /// Decodes a protobuf `ExportMetricsServiceRequest`: `Err` when the bytes
 /// are not one, else per resource what [`super::decode_metrics`] gives for
@@ -294,7 +298,7 @@ pub(super) fn fast(buf: &[u8]) -> Option<ResourceParts> {
         // Two bytes make an empty resource, and its entry here dozens: before
         // the list grows, its cost is checked like the rest (prost's path
         // then refuses the request whole).
-        let entry = std::mem::size_of::<(u64, Result<Decoded, DecodeError>)>();
+        let entry = std::mem::size_of::<ResourcePart>();
         if parts.len() == parts.capacity() && !cost::affordable(cost::vec_bytes(parts.len() + 1, entry), buf.len()) {
             return None;
         }
