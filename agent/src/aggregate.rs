@@ -7,7 +7,7 @@
 //! user) statistics. Every map here has a cap; past it, statements fold into
 //! the `<other>` shape and the overflow is counted.
 
-use crate::events::{Event, Sessionizer};
+use crate::events::{Event, SessionStats, Sessionizer};
 use crate::logparse::{LogEntry, ParseStats};
 use crate::mask::mask_into;
 use crate::plan;
@@ -109,8 +109,8 @@ pub struct Aggregator {
     /// A waiting pid's lock group, so its `acquired` report lands in it too.
     waiting: FxHashMap<u32, LockKey>,
     obs: Observations,
-    /// The sessionizer's unattributed count already handed out by `cut`.
-    reported_unattributed: u64,
+    /// The sessionizer's counters already handed out by `cut`.
+    reported_sessions: SessionStats,
     mask_buf: String,
     plan_buf: String,
 }
@@ -127,7 +127,7 @@ impl Aggregator {
             stats: FxHashMap::default(),
             waiting: FxHashMap::default(),
             obs: Observations::default(),
-            reported_unattributed: 0,
+            reported_sessions: SessionStats::default(),
             mask_buf: String::new(),
             plan_buf: String::new(),
         }
@@ -352,9 +352,11 @@ impl Aggregator {
             obs.statements.insert(key, stats);
         }
         obs.input.merge(parse);
-        let unattributed = self.sessionizer.stats().unattributed_durations;
-        obs.input.unattributed_durations += unattributed - self.reported_unattributed;
-        self.reported_unattributed = unattributed;
+        let now = self.sessionizer.stats();
+        let before = std::mem::replace(&mut self.reported_sessions, now.clone());
+        obs.input.unattributed_durations += now.unattributed_durations - before.unattributed_durations;
+        obs.input.forgotten_sessions += now.evicted_sessions - before.evicted_sessions;
+        obs.input.dropped_session_texts += now.dropped_texts - before.dropped_texts;
         if self.shapes.list.len() > self.cfg.max_shapes / 2 {
             self.shapes = Interner::default();
             self.raw.clear();
@@ -542,6 +544,20 @@ mod tests {
         assert_eq!(second.input.entries, 2);
         assert_eq!(second.input.unattributed_durations, 1, "the bare duration, counted once");
         assert_eq!(agg.cut(&ParseStats::default()).input.unattributed_durations, 0);
+    }
+
+    #[test]
+    fn cut_reports_the_sessions_forgotten_at_the_cap_once() {
+        let mut agg = Aggregator::new(AggregatorConfig { max_sessions: 4, ..AggregatorConfig::default() });
+        for pid in 1..=10 {
+            agg.entry(&LogEntry { pid: Some(pid), ..log_line("u", "statement: SELECT 1") });
+        }
+        let first = agg.cut(&ParseStats::default());
+        let forgotten = agg.sessionizer.stats().evicted_sessions;
+        assert!(forgotten >= 6, "ten sessions through a table of four: {forgotten}");
+        assert_eq!(first.input.forgotten_sessions, forgotten);
+        let second = agg.cut(&ParseStats::default());
+        assert_eq!(second.input.forgotten_sessions, 0, "counted in the interval it happened in");
     }
 
     #[test]

@@ -167,7 +167,7 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
             o.sample("querywatch_node_last_seen_timestamp_seconds", &[("node", n)], v.last_seen as f64 / 1000.0);
         }
         type IField = fn(&querywatch_wire::observations::InputStats) -> u64;
-        let agent: [(&str, &str, IField); 7] = [
+        let agent: [(&str, &str, IField); 10] = [
             ("querywatch_agent_log_bytes_total", "Log bytes the node's agent read.", |i| i.bytes),
             ("querywatch_agent_invalid_utf8_entries_total", "Log entries with invalid UTF-8 (replaced, kept).", |i| {
                 i.invalid_utf8
@@ -181,6 +181,21 @@ pub fn exposition(s: &Shared, now: EpochMillis) -> Exposition {
             ("querywatch_agent_unreadable_files_total", "Log files the node's agent could not read to the end.", |i| {
                 i.unreadable_files
             }),
+            (
+                "querywatch_agent_unattributed_durations_total",
+                "Duration lines the node's agent could not tie to a statement.",
+                |i| i.unattributed_durations,
+            ),
+            (
+                "querywatch_agent_sessions_forgotten_total",
+                "Idle sessions the node's agent forgot at its session cap.",
+                |i| i.forgotten_sessions,
+            ),
+            (
+                "querywatch_agent_session_texts_dropped_total",
+                "Sessions' last statements the node's agent let go at its text budget.",
+                |i| i.dropped_session_texts,
+            ),
         ];
         for (name, help, get) in agent {
             o.family(name, Kind::Counter, help);

@@ -48,6 +48,7 @@ fn batch(node: &str, stmts: &[(&str, u64, u64)], scans: u64) -> (Vec<u8>, Vec<u8
     // The agent's own health travels in the same batch.
     obs.agent.spool_bytes = Some(4096);
     obs.agent.export_retries = 2;
+    obs.input.forgotten_sessions = 3;
     let resource = ResourceInfo { node: node.into(), ..ResourceInfo::default() };
     let end = u64::try_from(now).unwrap() * 1_000_000;
     let interval = (end - 10_000_000_000, end);
@@ -180,6 +181,7 @@ async fn the_api_and_metrics_show_what_two_nodes_sent() {
     );
     assert!(metrics.contains("querywatch_agent_spool_bytes{node=\"n1\"} 4096"), "{metrics}");
     assert!(metrics.contains("querywatch_agent_export_retries_total{node=\"n2\"} 2"));
+    assert!(line("querywatch_agent_sessions_forgotten_total{node=\"n1\"}").unwrap().contains("} 3"), "{metrics}");
 
     // A detection pass (normally every [detect] interval): the slow
     // statement takes most of the time, so it is a top consumer.

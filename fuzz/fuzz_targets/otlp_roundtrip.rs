@@ -32,7 +32,7 @@ struct Input {
     unattributed_errors: Vec<(u8, u16)>,
     unattributed_temp: (u16, u32),
     classes: Vec<(u8, u16)>,
-    input: [u32; 9],
+    input: [u32; 11],
     overflow: (u16, u16),
     health: [u32; 13],
     files: Vec<(String, u32, u32)>,
@@ -144,6 +144,8 @@ fn build(i: &Input) -> (ResourceInfo, Observations) {
         invalid_utf8: v[6],
         unattributed_durations: v[7],
         unreadable_files: v[8],
+        forgotten_sessions: v[9],
+        dropped_session_texts: v[10],
     };
     obs.overflow_calls = u64::from(i.overflow.0);
     obs.overflow_locks = u64::from(i.overflow.1);

@@ -131,6 +131,8 @@ pub const METRIC_AGENT_TRUNCATED: &str = "querywatch.agent.truncated";
 pub const METRIC_AGENT_INVALID_UTF8: &str = "querywatch.agent.invalid_utf8";
 pub const METRIC_AGENT_UNATTRIBUTED_DURATIONS: &str = "querywatch.agent.unattributed_durations";
 pub const METRIC_AGENT_UNREADABLE_FILES: &str = "querywatch.agent.unreadable_files";
+pub const METRIC_AGENT_SESSIONS_FORGOTTEN: &str = "querywatch.agent.sessions_forgotten";
+pub const METRIC_AGENT_SESSION_TEXTS_DROPPED: &str = "querywatch.agent.session_texts_dropped";
 /// Calls / lock events folded into an overflow bucket, by [`QW_OVERFLOW_KIND`].
 pub const METRIC_AGENT_OVERFLOW: &str = "querywatch.agent.overflow";
 /// The agent's health beyond its input (`health::AgentHealth`): reads per

@@ -77,6 +77,12 @@ pub struct InputStats {
     pub unattributed_durations: u64,
     /// Files that could not be read to their end (what was read is kept).
     pub unreadable_files: u64,
+    /// Idle sessions the agent forgot at its session cap: a statement of
+    /// theirs still waiting for its duration line can no longer pair.
+    pub forgotten_sessions: u64,
+    /// Sessions' last statements let go to keep the session texts within
+    /// their byte budget: a lock such a session blocks names no blocker.
+    pub dropped_session_texts: u64,
 }
 
 impl InputStats {
@@ -90,6 +96,8 @@ impl InputStats {
         self.invalid_utf8 += o.invalid_utf8;
         self.unattributed_durations += o.unattributed_durations;
         self.unreadable_files += o.unreadable_files;
+        self.forgotten_sessions += o.forgotten_sessions;
+        self.dropped_session_texts += o.dropped_session_texts;
     }
 
     /// `self - before`, field by field, for counters that only grow (a
@@ -105,6 +113,8 @@ impl InputStats {
             invalid_utf8: self.invalid_utf8.saturating_sub(before.invalid_utf8),
             unattributed_durations: self.unattributed_durations.saturating_sub(before.unattributed_durations),
             unreadable_files: self.unreadable_files.saturating_sub(before.unreadable_files),
+            forgotten_sessions: self.forgotten_sessions.saturating_sub(before.forgotten_sessions),
+            dropped_session_texts: self.dropped_session_texts.saturating_sub(before.dropped_session_texts),
         }
     }
 }

@@ -102,6 +102,20 @@ const INPUT_COUNTERS: &[InputCounter] = &[
         get: |i| i.unreadable_files,
         get_mut: |i| &mut i.unreadable_files,
     },
+    InputCounter {
+        name: names::METRIC_AGENT_SESSIONS_FORGOTTEN,
+        unit: "{session}",
+        description: "Idle sessions forgotten at the session cap (their pending statements cannot pair).",
+        get: |i| i.forgotten_sessions,
+        get_mut: |i| &mut i.forgotten_sessions,
+    },
+    InputCounter {
+        name: names::METRIC_AGENT_SESSION_TEXTS_DROPPED,
+        unit: "{statement}",
+        description: "Sessions' last statements let go at the session text budget (lock blockers unnamed).",
+        get: |i| i.dropped_session_texts,
+        get_mut: |i| &mut i.dropped_session_texts,
+    },
 ];
 
 /// A `u64` counter of `T` carried as one metric: name, unit, description,

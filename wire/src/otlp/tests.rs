@@ -97,6 +97,8 @@ fn observations() -> Observations {
         invalid_utf8: 2,
         unattributed_durations: 5,
         unreadable_files: 0,
+        forgotten_sessions: 6,
+        dropped_session_texts: 7,
     };
     obs.agent = agent_health();
     obs.first_seen = Some(T0);
@@ -248,6 +250,8 @@ fn metric_names_types_and_temporality() {
             ("querywatch.agent.invalid_utf8", "{entry}", "sum"),
             ("querywatch.agent.unattributed_durations", "{entry}", "sum"),
             ("querywatch.agent.unreadable_files", "{file}", "sum"),
+            ("querywatch.agent.sessions_forgotten", "{session}", "sum"),
+            ("querywatch.agent.session_texts_dropped", "{statement}", "sum"),
             ("querywatch.agent.overflow", "{event}", "sum"),
             ("querywatch.agent.file.bytes_read", "By", "sum"),
             ("querywatch.agent.file.lines_read", "{line}", "sum"),
@@ -433,9 +437,9 @@ fn everything_survives_encode_and_decode() {
 #[test]
 fn empty_observations_still_report_health() {
     let req = encode_metrics(&Observations::default(), &resource(), INTERVAL);
-    // 9 input counters, overflow, export failures (3 classes), 7 more
+    // 11 input counters, overflow, export failures (3 classes), 7 more
     // agent counters; no per-file points and no gauges without values.
-    assert_eq!(req.resource_metrics[0].scope_metrics[0].metrics.len(), 18);
+    assert_eq!(req.resource_metrics[0].scope_metrics[0].metrics.len(), 20);
     let d = decode_metrics(&req).unwrap();
     assert_eq!(d.batches.len(), 1);
     assert!(d.batches[0].1.statements.is_empty());
