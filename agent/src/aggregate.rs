@@ -183,12 +183,12 @@ impl Aggregator {
                 }
                 self.plan_buf = masked_plan;
             }
-            Event::Error { ctx, sqlstate, message, statement } => {
+            Event::Error { ctx, sqlstate, message, context, statement } => {
                 let state = sqlstate.as_ref().map_or("?????", |s| s.as_str());
                 match statement {
                     Some(text) => {
                         let Some(key) = self.row(text, ctx.database, ctx.user) else { return };
-                        let msg = mask_message(state, message);
+                        let msg = mask_message(state, message, context);
                         self.stats.entry(key).or_default().record_error(state, &msg, ctx.timestamp);
                     }
                     None => *self.obs.unattributed_errors.entry(state.to_owned()).or_default() += 1,
@@ -369,6 +369,29 @@ impl Aggregator {
     }
 }
 
+/// Whether an error's message was written by the application rather than
+/// by the server. SQLSTATE class P0 is PL/pgSQL's `RAISE` default, but
+/// `RAISE … USING ERRCODE` picks any code, and a log without `%e` in its
+/// prefix has no SQLSTATE at all; the error's context tells instead:
+/// PL/pgSQL names the statement (`… at RAISE`), and the other languages
+/// (`PL/Python function "f"`, PL/Perl, PL/Tcl) raise their own errors with
+/// their own text, so any error with one of them in its context is taken
+/// for the application's. Class 38 (external routine exception) is
+/// the code those languages use. Server errors inside a PL/pgSQL function
+/// (`division by zero`, context `… at assignment`) are kept. With
+/// `log_error_verbosity = terse` no context is logged, and only the
+/// SQLSTATE can tell.
+fn written_by_application(sqlstate: &str, context: Option<&str>) -> bool {
+    if sqlstate.starts_with("P0") || sqlstate.starts_with("38") {
+        return true;
+    }
+    let Some(context) = context else { return false };
+    // The innermost frame is the first line: the statement that raised.
+    // PL/Python puts a traceback first and its function's name after.
+    context.lines().next().is_some_and(|first| first.contains(" at RAISE"))
+        || context.lines().any(|l| l.contains("PL/") && !l.contains("PL/pgSQL"))
+}
+
 /// Words after which PostgreSQL quotes an object name, not a value.
 const NAME_WORDS: &[&str] = &[
     "relation",
@@ -403,11 +426,12 @@ const NAME_WORDS: &[&str] = &[
 /// unless PostgreSQL put an object name there (`relation "t"`). Messages
 /// like `invalid input syntax for type integer: "abc"` quote the value, and
 /// do not escape quotes inside it, so a quoted value is taken to run to the
-/// last quote of the message. Messages raised by the application (SQLSTATE
-/// class P0: `RAISE EXCEPTION '…'`) are free text and are not kept at all.
-pub fn mask_message(sqlstate: &str, message: &str) -> String {
-    if sqlstate.starts_with("P0") {
-        return "(message raised by the application, not kept)".to_owned();
+/// last quote of the message. Messages written by the application are free
+/// text, which masking cannot make safe (`customer alice@example.com has an
+/// unpaid invoice`), and are not kept at all (see [`written_by_application`]).
+pub fn mask_message(sqlstate: &str, message: &str, context: Option<&str>) -> String {
+    if written_by_application(sqlstate, context) {
+        return "(message written by the application, not kept)".to_owned();
     }
     // stderr appends the error position to the message (csvlog/jsonlog keep
     // it in a field of its own): drop it so every format says the same.
@@ -567,23 +591,48 @@ mod tests {
         assert_eq!(lock_object("relation 16384 of database 5"), "relation 16384 of database 5");
     }
 
+    /// A server's message, as masked for export.
+    fn server_message(sqlstate: &str, message: &str) -> String {
+        mask_message(sqlstate, message, None)
+    }
+
+    #[test]
+    fn messages_the_application_wrote_are_not_kept() {
+        let text = "customer alice@example.com has an unpaid invoice";
+        for (sqlstate, context) in [
+            ("P0001", None),
+            // RAISE … USING ERRCODE, and a log without %e.
+            ("22023", Some("PL/pgSQL function bill(integer) line 4 at RAISE")),
+            ("?????", Some("PL/pgSQL function inline_code_block line 3 at RAISE")),
+            ("?????", Some("Traceback (most recent call last):\n  PL/Python function \"bill\", line 2, in <module>")),
+            ("XX000", Some("PL/Perl function \"bill\"")),
+            ("38000", None),
+        ] {
+            let m = mask_message(sqlstate, text, context);
+            assert!(!m.contains("alice") && !m.contains("customer"), "{sqlstate} {context:?}: {m}");
+        }
+        // The server's own message inside a function is kept.
+        let m = mask_message("22012", "division by zero", Some("PL/pgSQL function f() line 3 at assignment"));
+        assert_eq!(m, "division by zero");
+    }
+
     #[test]
     fn error_messages_keep_names_and_lose_values() {
-        let m = mask_message("23505", "duplicate key value violates unique constraint \"t_pkey\"");
+        let m = server_message("23505", "duplicate key value violates unique constraint \"t_pkey\"");
         assert!(m.contains("\"t_pkey\""), "{m}");
-        let m = mask_message("22P02", "invalid input syntax for type integer: \"zqzq\"");
+        let m = server_message("22P02", "invalid input syntax for type integer: \"zqzq\"");
         assert!(!m.contains("zqzq"), "{m}");
-        let m = mask_message("22P02", "invalid input syntax for type integer: \"ab\"hunter2 secret\"");
+        let m = server_message("22P02", "invalid input syntax for type integer: \"ab\"hunter2 secret\"");
         assert!(!m.contains("hunter2") && !m.contains("secret"), "{m}");
-        let m = mask_message("42703", "column \"a\" of relation \"t\" does not exist: \"zq\"zq\"");
+        let m = server_message("42703", "column \"a\" of relation \"t\" does not exist: \"zq\"zq\"");
         assert!(m.contains("\"a\"") && m.contains("\"t\"") && !m.contains("zq"), "{m}");
-        let m = mask_message("22P02", "unbalanced \"zqzq and more");
+        let m = server_message("22P02", "unbalanced \"zqzq and more");
         assert!(!m.contains("zqzq") && !m.contains("more"), "{m}");
-        let m = mask_message("P0001", "customer alice@example.com has an unpaid invoice");
+        let m = server_message("P0001", "customer alice@example.com has an unpaid invoice");
         assert!(!m.contains("alice"), "{m}");
-        let m = mask_message("42601", "syntax error at or near \"SELEC\" at character 15");
-        assert_eq!(m, mask_message("42601", "syntax error at or near \"SELEC\""));
-        let m = mask_message("22003", "value 123456 out of range for type integer");
+        let m = server_message("42601", "syntax error at or near \"SELEC\" at character 15");
+        assert_eq!(m, server_message("42601", "syntax error at or near \"SELEC\""));
+        let m = server_message("22003", "value 123456 out of range for type integer");
         assert!(!m.contains("123456"), "{m}");
     }
 }

@@ -49,6 +49,9 @@ pub enum Event<'e> {
         ctx: Ctx<'e>,
         sqlstate: Option<SqlState>,
         message: &'e str,
+        /// The `CONTEXT:` of the error: it says when the application wrote
+        /// the message (`… at RAISE`, a PL/Python function).
+        context: Option<&'e str>,
         statement: Option<&'e str>,
     },
     /// `still waiting for …` (acquired = false) or `acquired … after` (true).
@@ -222,7 +225,8 @@ impl Sessionizer {
                 self.stats.unattributed_durations += 1;
             }
             let statement = entry.statement.as_deref();
-            sink(Event::Error { ctx, sqlstate: entry.sqlstate, message: msg, statement });
+            let context = entry.context.as_deref();
+            sink(Event::Error { ctx, sqlstate: entry.sqlstate, message: msg, context, statement });
             if msg.starts_with("deadlock detected") {
                 let statements = deadlock_statements(entry.detail.as_deref().unwrap_or(""));
                 sink(Event::Deadlock { ctx, statements });

@@ -60,6 +60,9 @@ const CANARY_KEY: &str = "8675309777";
 const CANARY_PLAN_TEXT: &str = "qwcanary-plan-31d4";
 const CANARY_PLAN_NUMBER: &str = "8675309888";
 const CANARY_SLEEP: &str = "qwcanary-sleep-77c2";
+/// Only in an error's message: the application's RAISE builds it from two
+/// halves, with a SQLSTATE of its choosing (not P0001).
+const CANARY_RAISE: &str = "qwcanary-raise-9e2a";
 
 /// Statements run after the workload, as the superuser; the last one's masked
 /// shape tells that an agent has exported everything before it.
@@ -72,6 +75,10 @@ fn canary_statements() -> Vec<String> {
         format!("INSERT INTO canary VALUES ({CANARY_KEY}, 'y')"),
         // auto_explain logs the plan, whose Filter quotes both constants.
         format!("SELECT count(*) FROM canary WHERE id = {CANARY_PLAN_NUMBER} OR note = '{CANARY_PLAN_TEXT}'"),
+        // The application's message, with its data, in an error's message.
+        "DO $$ BEGIN RAISE EXCEPTION 'customer % has an unpaid invoice', concat('qwcanary-', 'raise-9e2a') \
+         USING ERRCODE = '22023'; END $$"
+            .into(),
         // Running for 1.5 s: pg_stat_activity shows it to the sampler.
         format!("SELECT pg_sleep(1.5) WHERE '{CANARY_SLEEP}' IS NOT NULL"),
         "SELECT 1 AS privacy_done".into(),
@@ -521,7 +528,8 @@ fn no_workload_literal_leaves_by_any_export_path() {
         scanned.len()
     );
     let workload_count = literals.len();
-    let canaries = [CANARY_TEXT, CANARY_NUMBER, CANARY_KEY, CANARY_PLAN_TEXT, CANARY_PLAN_NUMBER, CANARY_SLEEP];
+    let canaries =
+        [CANARY_TEXT, CANARY_NUMBER, CANARY_KEY, CANARY_PLAN_TEXT, CANARY_PLAN_NUMBER, CANARY_SLEEP, CANARY_RAISE];
     for c in canaries {
         assert!(contains(&log, c.as_bytes()), "canary {c} is not in the log the agents read");
         literals.push(c.to_owned());
@@ -529,6 +537,7 @@ fn no_workload_literal_leaves_by_any_export_path() {
     let log_text = String::from_utf8_lossy(&log);
     assert!(log_text.contains(&format!("Key (id)=({CANARY_KEY}) already exists")), "no DETAIL with the key");
     assert!(log_text.contains(CANARY_PLAN_NUMBER) && log_text.contains("Filter"), "no plan with the constants");
+    assert!(log_text.contains(",22023,") && log_text.contains("at RAISE"), "no RAISE with its own SQLSTATE");
 
     let mut report = Vec::new();
     let mut check = |path: &str, bytes: &[u8]| {

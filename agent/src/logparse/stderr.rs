@@ -10,7 +10,7 @@
 //! is emitted truncated and the rest of it is skipped, so memory stays
 //! bounded by the cap whatever the input.
 
-use crate::logparse::entry::{LogEntry, Secondary, text};
+use crate::logparse::entry::{LogEntry, Secondary, SqlState, text};
 use crate::logparse::prefix::{Label, Prefix, PrefixMatch};
 use crate::logparse::{ParseStats, count_entry};
 use std::borrow::Cow;
@@ -313,6 +313,9 @@ impl StderrParser {
             truncated: p.truncated,
             ..LogEntry::default()
         };
+        if entry.severity.is_some() {
+            take_verbose_sqlstate(&mut entry);
+        }
         for (kind, piece) in p.secondary {
             let value = Some(conv(piece));
             match kind {
@@ -327,6 +330,29 @@ impl StderrParser {
         self.stats.unparsed += p.unparsed;
         count_entry(&mut self.stats, p.truncated, lossy);
         sink(entry);
+    }
+}
+
+/// `log_error_verbosity = verbose` writes the SQLSTATE before the message
+/// (`LOG:  00000: duration: 0.5 ms  statement: …`), which csvlog and jsonlog
+/// keep in a field of their own: take it off, so the message reads the same
+/// in every format, and keep it when the prefix had no `%e`. A prefix's
+/// `%e` that disagrees says the five characters are the message's own.
+fn take_verbose_sqlstate(entry: &mut LogEntry<'_>) {
+    let bytes = entry.message.as_bytes();
+    if bytes.len() < 7 || &bytes[5..7] != b": " {
+        return;
+    }
+    let Some(state) = SqlState::parse(&bytes[..5]) else { return };
+    if entry.sqlstate.is_some_and(|s| s != state) {
+        return;
+    }
+    entry.sqlstate = Some(state);
+    match &mut entry.message {
+        Cow::Borrowed(m) => *m = &m[7..],
+        Cow::Owned(m) => {
+            m.drain(..7);
+        }
     }
 }
 
@@ -478,5 +504,34 @@ not a log line\n\
         let (entries, stats) = run("%m [%p] ", input.as_bytes(), usize::MAX, 1 << 20);
         assert_eq!(entries[0].statement, None);
         assert_eq!(stats.unparsed, 1);
+    }
+
+    #[test]
+    fn verbose_messages_lose_their_sqlstate_to_the_field() {
+        let input = b"2026-11-24 09:01:10 UTC:10.0.0.1(5432):bob@shop:[7]:LOG:  00000: duration: 0.500 ms  statement: SELECT 1\n\
+2026-11-24 09:01:10 UTC:10.0.0.1(5432):bob@shop:[7]:LOCATION:  exec_simple_query, postgres.c:1297\n\
+2026-11-24 09:01:11 UTC:[local]:bob@shop:[7]:ERROR:  22012: division by zero\n\
+2026-11-24 09:01:11 UTC:[local]:bob@shop:[7]:LOCATION:  int4div, int.c:846\n\
+2026-11-24 09:01:11 UTC:[local]:bob@shop:[7]:STATEMENT:  SELECT 1/0\n";
+        let mut p = StderrParser::new(Prefix::compile("%t:%r:%u@%d:[%p]:").unwrap(), 1 << 20);
+        let mut got = Vec::new();
+        p.parse(input, true, &mut |e: LogEntry<'_>| {
+            got.push((e.sqlstate.map(|s| s.as_str().to_owned()), e.message.into_owned(), e.user.map(Cow::into_owned)))
+        });
+        assert_eq!(
+            got,
+            [
+                (Some("00000".into()), "duration: 0.500 ms  statement: SELECT 1".into(), Some("bob".into())),
+                (Some("22012".into()), "division by zero".into(), Some("bob".into())),
+            ]
+        );
+        assert_eq!(p.stats().unparsed, 0);
+        // A prefix's %e that disagrees: the five characters are the message's.
+        let mut p = StderrParser::new(Prefix::compile("%m [%p] %e ").unwrap(), 1 << 20);
+        let mut got = Vec::new();
+        p.parse(b"2026-11-24 09:01:10.000 UTC [7] 00000 LOG:  ABCDE: raised\n", true, &mut |e: LogEntry<'_>| {
+            got.push(e.message.into_owned())
+        });
+        assert_eq!(got, ["ABCDE: raised"]);
     }
 }

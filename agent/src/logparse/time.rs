@@ -51,10 +51,7 @@ pub fn parse_timestamp(s: &[u8]) -> Option<(EpochMillis, usize)> {
     // Optional zone after one space.
     if s.get(pos) == Some(&b' ') {
         let zstart = pos + 1;
-        let mut zend = zstart;
-        while zend < s.len() && (s[zend].is_ascii_alphanumeric() || matches!(s[zend], b'+' | b'-' | b':')) {
-            zend += 1;
-        }
+        let zend = zstart + zone_len(&s[zstart..]);
         let zone = &s[zstart..zend];
         if let Some(offset_secs) = zone_offset(zone) {
             t -= offset_secs * 1000;
@@ -65,6 +62,29 @@ pub fn parse_timestamp(s: &[u8]) -> Option<(EpochMillis, usize)> {
         }
     }
     Some((t, pos))
+}
+
+/// The length of the zone at the start of `s`, by its shape: letters
+/// (`CET`), or a sign and two digits with two more, or `:` and two more
+/// (`+01`, `-0530`, `+05:30`). The prefix's next literal may follow with
+/// no space: RDS's `%t:%r:…` writes `UTC:10.0.0.1(5432):…` and Azure's
+/// `%t-%c-` writes `UTC-6743a0c6.51-`, so the zone must end where its
+/// shape does, not at the first byte that no zone has.
+fn zone_len(s: &[u8]) -> usize {
+    let digit = |i: usize| s.get(i).is_some_and(u8::is_ascii_digit);
+    match s.first() {
+        Some(b'+' | b'-') if digit(1) && digit(2) => {
+            if digit(3) && digit(4) {
+                5
+            } else if s.get(3) == Some(&b':') && digit(4) && digit(5) && !(digit(6) || s.get(6) == Some(&b'.')) {
+                // `-03:10.0.0.1` is zone `-03` and an address after `:`.
+                6
+            } else {
+                3
+            }
+        }
+        _ => s.iter().take_while(|b| b.is_ascii_alphabetic()).count(),
+    }
 }
 
 /// Parses `%n`: seconds since the epoch with milliseconds, `1732440070.123`.
@@ -172,6 +192,23 @@ mod tests {
         assert_eq!(utc, plus);
         let (minus, _) = parse_timestamp(b"2026-11-24 03:31:10 -0530").unwrap();
         assert_eq!(utc, minus);
+    }
+
+    #[test]
+    fn a_zone_ends_where_its_shape_does() {
+        let (utc, _) = parse_timestamp(b"2026-11-24 09:01:10 UTC").unwrap();
+        for (line, used) in [
+            (&b"2026-11-24 09:01:10 UTC:10.0.0.1(5432):bob@shop:[123]:LOG:"[..], 23),
+            (b"2026-11-24 09:01:10 UTC:[local]:bob@shop:[123]:LOG:", 23),
+            (b"2026-11-24 09:01:10 UTC::@:[123]:LOG:", 23),
+            (b"2026-11-24 09:01:10 UTC-6743a0c6.51-LOG:", 23),
+            (b"2026-11-24 06:01:10 -03:10.0.0.1(5432):", 23),
+            (b"2026-11-24 06:01:10 -03:00 x", 26),
+            (b"2026-11-24 14:31:10 +0530:[local]", 25),
+        ] {
+            let (t, n) = parse_timestamp(line).unwrap();
+            assert_eq!((t, n), (utc, used), "{}", String::from_utf8_lossy(line));
+        }
     }
 
     #[test]
