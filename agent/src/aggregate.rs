@@ -153,6 +153,7 @@ impl Aggregator {
     fn event(&mut self, event: Event<'_>) {
         match event {
             Event::Statement { ctx, duration, text } => {
+                self.wait_ended(ctx.pid);
                 let Some(key) = self.row(&text, ctx.database, ctx.user) else { return };
                 let masked = &self.shapes.list[key.0 as usize];
                 self.stats.entry(key).or_default().record_call(duration, ctx.timestamp, masked);
@@ -184,6 +185,7 @@ impl Aggregator {
                 self.plan_buf = masked_plan;
             }
             Event::Error { ctx, sqlstate, message, context, statement } => {
+                self.wait_ended(ctx.pid);
                 let state = sqlstate.as_ref().map_or("?????", |s| s.as_str());
                 match statement {
                     Some(text) => {
@@ -204,6 +206,10 @@ impl Aggregator {
                     object: lock_object(object),
                 });
                 if !acquired {
+                    // Waits leave with their `acquired` line, or when their
+                    // session finishes a statement or fails (lock_timeout,
+                    // a deadlock, a cancel): only as many as wait at once
+                    // are here, and the cap is a last resort.
                     if self.waiting.len() >= self.cfg.max_sessions {
                         self.waiting.clear();
                     }
@@ -243,6 +249,17 @@ impl Aggregator {
                     self.obs.unattributed_temp_bytes += bytes;
                 }
             },
+        }
+    }
+
+    /// The session of `pid` is past any lock wait: a wait that ended
+    /// without `acquired` (timed out, cancelled) is forgotten, and the
+    /// pid's next wait starts a group of its own.
+    fn wait_ended(&mut self, pid: Option<u32>) {
+        if let Some(pid) = pid
+            && !self.waiting.is_empty()
+        {
+            self.waiting.remove(&pid);
         }
     }
 
@@ -582,6 +599,36 @@ mod tests {
         assert_eq!(first.input.forgotten_sessions, forgotten);
         let second = agg.cut(&ParseStats::default());
         assert_eq!(second.input.forgotten_sessions, 0, "counted in the interval it happened in");
+    }
+
+    #[test]
+    fn waits_that_timed_out_do_not_crowd_out_the_waits_in_progress() {
+        let mut agg = Aggregator::new(AggregatorConfig { max_sessions: 4, ..AggregatorConfig::default() });
+        let mut line = |pid: u32, message: &str, severity, statement: Option<&str>| {
+            agg.entry(&LogEntry {
+                pid: Some(pid),
+                severity: Some(severity),
+                statement: statement.map(Into::into),
+                ..log_line("u", message)
+            });
+        };
+        use crate::logparse::Severity::{Error, Log};
+        let waits = |pid| format!("process {pid} still waiting for ShareLock on transaction 740 after 1000.072 ms");
+        let update = "UPDATE t SET v = 2 WHERE id = 1";
+        // Three sessions give up waiting (lock_timeout): no `acquired` line.
+        for pid in 1..=3 {
+            line(pid, &waits(pid), Log, Some(update));
+            line(pid, "canceling statement due to lock timeout", Error, Some(update));
+        }
+        // Two wait at once and both get the lock.
+        line(10, &waits(10), Log, Some(update));
+        line(11, &waits(11), Log, Some(update));
+        line(10, "process 10 acquired ShareLock on transaction 740 after 1500.100 ms", Log, None);
+        line(11, "process 11 acquired ShareLock on transaction 740 after 1500.100 ms", Log, None);
+        let obs = agg.finish(&ParseStats::default());
+        let groups: Vec<(&str, u64, u64)> =
+            obs.locks.iter().map(|(k, l)| (k.waiter.as_str(), l.waits, l.acquired)).collect();
+        assert_eq!(groups, [("UPDATE t SET v = $1 WHERE id = $2", 5, 2)], "one group, its acquires in it");
     }
 
     #[test]

@@ -344,6 +344,44 @@ fn stats_poll_reset_and_restart_never_go_negative() {
     assert_eq!(seen.seq_scans("plain"), 6);
 }
 
+/// `ALTER EXTENSION pg_stat_statements UPDATE` from 1.8 (no
+/// `stats_reset`) to the server's version: the poll after it is a
+/// baseline, not every entry's lifetime as one interval's delta.
+#[test]
+fn stats_poll_extension_update_is_a_baseline() {
+    if skip_pg("stats_poll_extension_update_is_a_baseline") {
+        return;
+    }
+    let cluster = start_cluster();
+    cluster.psql("DROP EXTENSION pg_stat_statements; CREATE EXTENSION pg_stat_statements VERSION '1.8'");
+    let rt = runtime();
+    let mut poller = Poller::new(poller_config(&cluster)).expect("valid config");
+    let health = poller.health();
+    assert!(rt.block_on(poller.poll_stats()).is_empty(), "baseline");
+    let mut seen = Seen::default();
+    run_selects(&cluster, 1, 10);
+    poll_until(&rt, &mut poller, &mut seen, "10 selects on 1.8", |s| s.calls(PLAIN_SELECT) >= 10);
+    assert_eq!(seen.calls(PLAIN_SELECT), 10);
+
+    cluster.psql("ALTER EXTENSION pg_stat_statements UPDATE");
+    let version = cluster.psql("SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'");
+    assert_ne!(version.trim(), "1.8", "the update did nothing");
+    // The first poll of the new version: a baseline, nothing reported.
+    let mut seen = Seen::default();
+    let polls = get(&health.polls);
+    let deadline = Instant::now() + DEADLINE;
+    while get(&health.polls) == polls {
+        seen.add(rt.block_on(poller.poll_stats()));
+        assert!(Instant::now() < deadline, "no poll after the update; notices: {:?}", poller.notices());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen.calls(PLAIN_SELECT), 0, "lifetime counters sent as a delta: {:#?}", seen.statements);
+    run_selects(&cluster, 11, 4);
+    poll_until(&rt, &mut poller, &mut seen, "4 selects on the new version", |s| s.calls(PLAIN_SELECT) >= 4);
+    seen.add(rt.block_on(poller.poll_stats()));
+    assert_eq!(seen.calls(PLAIN_SELECT), 4, "{:#?}", seen.statements);
+}
+
 /// A psql session in the background, terminated and reaped on drop.
 struct Session(Child);
 

@@ -710,6 +710,16 @@ impl StatsSide {
             schema,
         };
         if self.statements.sql.as_ref().is_none_or(|s| s.pgss != pgss) {
+            if self.statements.sql.is_some() {
+                // `ALTER EXTENSION pg_stat_statements UPDATE`: the new
+                // version reads what the old did not (from 1.9 a
+                // `stats_reset` that was NULL, nested entries apart from
+                // top-level ones; plan time from 1.8), so the last snapshot
+                // and the next cannot be compared: the next is a baseline.
+                // Compared, every entry's lifetime went out as one delta.
+                self.statements.prev = None;
+                self.statements.texts.clear();
+            }
             self.statements.sql = Some(StatementSql::new(&pgss));
         }
         let Some(q) = self.statements.sql.as_ref() else { return Ok(None) };
@@ -769,8 +779,11 @@ impl StatsSide {
                     queryid,
                     toplevel: col(r, what, 3)?,
                 };
-                let text: Option<String> = col(r, what, 4)?;
-                let text = text.unwrap_or_default();
+                // NULL when PostgreSQL could not read its query text file:
+                // left out, so it is asked for again next time (and the
+                // entry waits, counted as texts_missing) rather than cached
+                // as an empty text for the entry's life.
+                let Some(text) = col::<Option<String>>(r, what, 4)? else { continue };
                 // The privacy boundary: only the masked text is kept.
                 let masked = (!sql::is_own(&text)).then(|| Arc::<str>::from(mask(&text)));
                 self.statements.texts.insert(key, masked);
