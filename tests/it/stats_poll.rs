@@ -382,6 +382,45 @@ fn stats_poll_extension_update_is_a_baseline() {
     assert_eq!(seen.calls(PLAIN_SELECT), 4, "{:#?}", seen.statements);
 }
 
+/// `pg_stat_reset_single_table_counters` resets a table's own counters,
+/// not its indexes': the interval after it carries the index scans that
+/// happened in it, not the indexes' lifetime.
+#[test]
+fn stats_poll_single_table_reset_keeps_index_scans_by_difference() {
+    if skip_pg("stats_poll_single_table_reset_keeps_index_scans_by_difference") {
+        return;
+    }
+    let cluster = start_cluster();
+    cluster.psql("CREATE INDEX plain_id ON plain (id); ANALYZE plain");
+    let index_scans = |first: u32, n: u32| {
+        let sql: Vec<String> = (first..first + n)
+            .map(|i| format!("SET enable_seqscan = off; SELECT count(*) FROM plain WHERE id = {i}"))
+            .collect();
+        let args: Vec<&str> = sql.iter().flat_map(|s| ["-c", s.as_str()]).collect();
+        cluster.psql_in("app", "postgres", &args);
+    };
+    let rt = runtime();
+    let mut poller = Poller::new(poller_config(&cluster)).expect("valid config");
+    let health = poller.health();
+    let idx = |s: &Seen| s.table("plain").iter().map(|d| d.counters.idx_scan).sum::<u64>();
+    assert!(rt.block_on(poller.poll_stats()).is_empty(), "baseline");
+    let mut seen = Seen::default();
+    index_scans(1, 30);
+    poll_until(&rt, &mut poller, &mut seen, "30 index scans", |s| idx(s) >= 30);
+
+    cluster.psql("SELECT pg_stat_reset_single_table_counters('plain'::regclass)");
+    let lifetime = cluster.psql("SELECT idx_scan FROM pg_stat_user_tables WHERE relname = 'plain'");
+    assert!(lifetime.trim().parse::<u64>().unwrap() >= 30, "the index kept its scans: {lifetime}");
+    index_scans(100, 2);
+    run_selects(&cluster, 1, 1);
+    let resets = get(&health.entries_reset);
+    let mut seen = Seen::default();
+    poll_until(&rt, &mut poller, &mut seen, "the scans after the reset", |s| idx(s) >= 2 && s.seq_scans("plain") >= 1);
+    seen.add(rt.block_on(poller.poll_stats()));
+    assert_eq!(idx(&seen), 2, "{:#?}", seen.tables);
+    assert!(get(&health.entries_reset) > resets, "not taken for a reset");
+}
+
 /// A psql session in the background, terminated and reaped on drop.
 struct Session(Child);
 

@@ -60,6 +60,13 @@ pub trait Counters: Copy + Default + PartialEq {
     /// Field-wise sum, saturating (merging deltas of consecutive intervals).
     fn saturating_add(&self, other: &Self) -> Self;
 
+    /// What happened since `earlier` when a counter went down (a reset):
+    /// the current counters, all of them post-reset activity, unless some
+    /// are kept elsewhere and were not reset with the others.
+    fn since_reset(&self, _earlier: &Self) -> Self {
+        *self
+    }
+
     fn is_zero(&self) -> bool {
         *self == Self::default()
     }
@@ -99,7 +106,7 @@ pub fn entry_delta<C: Counters>(
             // Reset or evicted and re-created in between: the current value
             // is what happened since, a lower bound of the truth that never
             // counts anything twice.
-            None => (DeltaOrigin::Reset, *current),
+            None => (DeltaOrigin::Reset, current.since_reset(prev)),
         },
     };
     (!delta.is_zero()).then_some((origin, delta))

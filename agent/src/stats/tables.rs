@@ -58,6 +58,20 @@ impl Counters for TableCounters {
         })
     }
 
+    /// `idx_scan` and `idx_tup_fetch` are sums over the table's indexes,
+    /// whose counters are their own: `pg_stat_reset_single_table_counters`
+    /// on the table resets the table's and leaves them, so where they did
+    /// not go down they go on by difference. Taken whole, a partition's
+    /// lifetime of index scans went out as one interval's load.
+    fn since_reset(&self, earlier: &Self) -> Self {
+        let since = |now: u64, before: u64| now.checked_sub(before).unwrap_or(now);
+        TableCounters {
+            idx_scan: since(self.idx_scan, earlier.idx_scan),
+            idx_tup_fetch: since(self.idx_tup_fetch, earlier.idx_tup_fetch),
+            ..*self
+        }
+    }
+
     fn saturating_add(&self, o: &Self) -> Self {
         TableCounters {
             seq_scan: self.seq_scan.saturating_add(o.seq_scan),
@@ -285,6 +299,18 @@ mod tests {
         assert_eq!(
             entry_delta(Previous::Seen(&with(100, 5_000)), &with(103, 20), false),
             Some((DeltaOrigin::Increment, with(3, 0)))
+        );
+
+        // pg_stat_reset_single_table_counters() resets the table's own
+        // counters, not its indexes': the index sums go on by difference.
+        assert_eq!(
+            entry_delta(Previous::Seen(&with(100, 50_000_000)), &with(2, 50_000_007), false),
+            Some((DeltaOrigin::Reset, with(2, 7)))
+        );
+        // pg_stat_reset() resets the indexes too: what they have now.
+        assert_eq!(
+            entry_delta(Previous::Seen(&with(100, 5_000)), &with(2, 3), false),
+            Some((DeltaOrigin::Reset, with(2, 3)))
         );
 
         let mut restarted = snap(10, None, &[(1, 50)]);
