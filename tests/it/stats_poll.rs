@@ -354,14 +354,33 @@ fn stats_poll_extension_update_is_a_baseline() {
     }
     let cluster = start_cluster();
     cluster.psql("DROP EXTENSION pg_stat_statements; CREATE EXTENSION pg_stat_statements VERSION '1.8'");
+    // Nested statements too: 1.8 cannot tell them from top-level ones,
+    // which PostgreSQL 14 and later keep apart.
+    cluster.psql_in(
+        "postgres",
+        "postgres",
+        &["-c", "ALTER SYSTEM SET pg_stat_statements.track = 'all'", "-c", "SELECT pg_reload_conf()"],
+    );
+    cluster.psql(
+        "CREATE FUNCTION count_plain() RETURNS void LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM count(*) FROM plain; END $$; GRANT SELECT ON plain TO app",
+    );
     let rt = runtime();
     let mut poller = Poller::new(poller_config(&cluster)).expect("valid config");
     let health = poller.health();
     assert!(rt.block_on(poller.poll_stats()).is_empty(), "baseline");
     let mut seen = Seen::default();
     run_selects(&cluster, 1, 10);
-    poll_until(&rt, &mut poller, &mut seen, "10 selects on 1.8", |s| s.calls(PLAIN_SELECT) >= 10);
+    let count_plain = "SELECT count(*) FROM plain";
+    let mut args = vec!["-c", count_plain, "-c", count_plain, "-c", count_plain];
+    args.extend(["-c", "SELECT count_plain()"].repeat(5));
+    cluster.psql_in("app", "postgres", &args);
+    poll_until(&rt, &mut poller, &mut seen, "10 selects on 1.8", |s| {
+        s.calls(PLAIN_SELECT) >= 10 && s.calls(count_plain) >= 8
+    });
+    seen.add(rt.block_on(poller.poll_stats()));
     assert_eq!(seen.calls(PLAIN_SELECT), 10);
+    assert_eq!(seen.calls(count_plain), 8, "3 top-level and 5 nested: {:#?}", seen.statements);
 
     cluster.psql("ALTER EXTENSION pg_stat_statements UPDATE");
     let version = cluster.psql("SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'");

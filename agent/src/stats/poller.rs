@@ -13,6 +13,7 @@
 //!
 //! Connections: 2 + one per extra database.
 
+use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -27,7 +28,7 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use super::activity::{ActivityAccumulator, ActivityAggregate, ActivitySample};
 use super::backoff::Backoff;
-use super::counters::{ServerEpoch, count, millis};
+use super::counters::{Counters, ServerEpoch, count, millis};
 use super::sql::{self, ExtVersion, MIN_SERVER_VERSION, Pgss, StatementSql};
 use super::statements::{DiffReport, Snapshot, StatementBatch, StatementCounters, StatementEntry, StatementKey, diff};
 use super::tables::{RelName, TableBatch, TableCounters, TableDiffReport, TableEntry, TableSnapshot, diff_tables};
@@ -810,7 +811,20 @@ impl StatsSide {
                         stats_since,
                         counters: c,
                     };
-                    snapshot.entries.insert(key, entry);
+                    match snapshot.entries.entry(key) {
+                        // PostgreSQL 14 and later keep top-level and nested
+                        // executions apart, but pg_stat_statements before 1.9
+                        // cannot say which is which: both rows have one key
+                        // here, and one overwrote the other. Their sum is the
+                        // statement's, whatever the level.
+                        Entry::Occupied(mut o) => {
+                            let e = o.get_mut();
+                            e.counters = e.counters.saturating_add(&entry.counters);
+                        }
+                        Entry::Vacant(v) => {
+                            v.insert(entry);
+                        }
+                    }
                 }
                 // The agent's own.
                 Some(None) => {}
