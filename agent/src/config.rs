@@ -430,6 +430,15 @@ impl Config {
         if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
             return Err(invalid("export.timeout", "must be between 100ms and 60s (the default is 10s)"));
         }
+        // A spool smaller than a batch drops every batch of an outage.
+        let spool_max_bytes = x.spool_max_bytes.unwrap_or(256 << 20);
+        if spool_max_bytes < 1 << 20 {
+            return Err(invalid(
+                "export.spool_max_bytes",
+                "must be at least 1048576 (1 MiB; the default is 268435456, 256 MiB): a smaller spool \
+                 holds no batch, and every batch of a collector outage would be dropped",
+            ));
+        }
         let resource = match env.get("OTEL_RESOURCE_ATTRIBUTES") {
             Some(r) => parse_pairs("OTEL_RESOURCE_ATTRIBUTES", r)?,
             None => BTreeMap::new(),
@@ -448,7 +457,7 @@ impl Config {
                 timeout,
                 gzip,
                 query_text,
-                spool_max_bytes: x.spool_max_bytes.unwrap_or(256 << 20),
+                spool_max_bytes,
                 ca_pem,
                 client_identity,
             },
@@ -612,6 +621,7 @@ bearer_token = "s3cret"
             ("node = \"n\"\ninterval = \"10ms\"\n[logs]\ndirectory = \"/x\"", "at least 1s"),
             ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\ntimeout = \"0s\"", "export.timeout"),
             ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\ntimeout = \"1h\"", "between 100ms and 60s"),
+            ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\nspool_max_bytes = 0", "at least 1048576"),
             ("node = \"n\"\ninterval = \"soon\"\n[logs]\ndirectory = \"/x\"", "interval"),
         ];
         for (text, want) in cases {

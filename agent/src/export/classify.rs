@@ -12,15 +12,22 @@
 //!   503 with `Retry-After` (seconds or an HTTP date). Capped at 10 minutes
 //!   like opentelemetry-rust, so a bogus header cannot park the agent.
 //! - **permanent**: the same bytes will be refused again — every other gRPC
-//!   code (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, UNKNOWN,
-//!   INTERNAL, …; RESOURCE_EXHAUSTED without RetryInfo) and every other
-//!   HTTP status (400, 401, 403, 404, 413, 500, …).
+//!   code (INVALID_ARGUMENT, UNKNOWN, INTERNAL, …; RESOURCE_EXHAUSTED
+//!   without RetryInfo) and every other HTTP status (400, 413, 500, …).
 //!
-//! One departure, on purpose: a gRPC status that tonic made up on this side
-//! of the wire (it carries a source error: a broken connection, an h2 reset
-//! mapped to INTERNAL or UNKNOWN) is retryable whatever its code. The
-//! collector never answered, so nothing says it would refuse the data, and
-//! a collector killed mid-request must not cost us the batch.
+//! Two departures, on purpose:
+//!
+//! - A gRPC status that tonic made up on this side of the wire (it carries
+//!   a source error: a broken connection, an h2 reset mapped to INTERNAL or
+//!   UNKNOWN) is retryable whatever its code. The collector never answered,
+//!   so nothing says it would refuse the data, and a collector killed
+//!   mid-request must not cost us the batch.
+//! - A refusal of the *request* rather than of the data is retryable:
+//!   UNAUTHENTICATED, PERMISSION_DENIED and UNIMPLEMENTED; HTTP 401, 403
+//!   and 404. A wrong or rotated token, or a proxy that does not route the
+//!   path yet, is fixed outside the agent, and then the same bytes are
+//!   taken; dropped, every interval until the fix was lost (and its log
+//!   offsets committed). Retried, the batches wait in the bounded spool.
 
 use std::error::Error as _;
 use std::time::{Duration, SystemTime};
@@ -76,6 +83,9 @@ pub fn grpc_status(status: &tonic::Status) -> Failure {
         Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::DataLoss => {
             Failure::Retryable { reason: reason() }
         }
+        Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented => {
+            Failure::Retryable { reason: refused_request(&reason()) }
+        }
         _ => permanent_grpc(status),
     }
 }
@@ -107,8 +117,18 @@ pub fn http_status(status: u16, retry_after: Option<&str>, message: String, now:
             None => Failure::Retryable { reason: reason() },
         },
         502 | 504 => Failure::Retryable { reason: reason() },
+        401 | 403 | 404 => Failure::Retryable { reason: refused_request(&reason()) },
         _ => Failure::Permanent { status: format!("HTTP {status}"), message },
     }
+}
+
+/// The reason of a refused request (see the module documentation), with
+/// what to check.
+fn refused_request(reason: &str) -> String {
+    format!(
+        "{reason} (the collector refused the request, not the data: check [export] endpoint and its token; \
+         batches are kept and sent again)"
+    )
 }
 
 /// A request that got no HTTP response (or a broken one).
@@ -157,9 +177,9 @@ mod tests {
             (Code::DataLoss, "retryable"),
             (Code::ResourceExhausted, "permanent"),
             (Code::InvalidArgument, "permanent"),
-            (Code::Unauthenticated, "permanent"),
-            (Code::PermissionDenied, "permanent"),
-            (Code::Unimplemented, "permanent"),
+            (Code::Unauthenticated, "retryable"),
+            (Code::PermissionDenied, "retryable"),
+            (Code::Unimplemented, "retryable"),
             (Code::Internal, "permanent"),
             (Code::Unknown, "permanent"),
         ];
@@ -189,8 +209,10 @@ mod tests {
         assert!(
             matches!(grpc_status(&unavailable), Failure::Throttled { delay, .. } if delay == Duration::from_secs(1))
         );
-        let p = grpc_status(&Status::new(Code::Unauthenticated, "bad token"));
-        assert_eq!(p, Failure::Permanent { status: "gRPC UNAUTHENTICATED".into(), message: "bad token".into() });
+        let p = grpc_status(&Status::new(Code::InvalidArgument, "bad point"));
+        assert_eq!(p, Failure::Permanent { status: "gRPC INVALID_ARGUMENT".into(), message: "bad point".into() });
+        let r = grpc_status(&Status::new(Code::Unauthenticated, "bad token"));
+        assert!(r.to_string().contains("bad token") && r.to_string().contains("token"), "{r}");
         assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
         assert_eq!(code_name(Code::Ok), "OK");
     }
@@ -214,7 +236,10 @@ mod tests {
         for s in [502, 503, 504] {
             assert_eq!(k(s, None), "retryable", "{s}");
         }
-        for s in [400, 401, 403, 404, 413, 500, 501, 302] {
+        for s in [401, 403, 404] {
+            assert_eq!(k(s, None), "retryable", "{s}: the request was refused, not the data");
+        }
+        for s in [400, 413, 500, 501, 302] {
             assert_eq!(k(s, None), "permanent", "{s}");
         }
         assert!(matches!(http_status(429, Some(" 7 "), String::new(), now),
