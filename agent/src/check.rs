@@ -229,6 +229,14 @@ pub fn check_prefix(s: &Settings, configured_format: Option<LogFormat>, configur
             out.push(Finding::warn(NAME, format!("cannot be parsed: {e}"), "use the escapes PostgreSQL documents"))
         }
         Ok(p) => {
+            if !p.unknown_escapes().is_empty() {
+                let escapes: Vec<String> = p.unknown_escapes().iter().map(|c| format!("%{c}")).collect();
+                out.push(Finding::warn(
+                    NAME,
+                    format!("{server:?}: {} unknown to this agent, read as any text", escapes.join(" ")),
+                    "nothing, unless lines go unparsed; then drop the escape from log_line_prefix",
+                ));
+            }
             let (session, time) = (p.has_session(), p.has_time());
             if session && time {
                 out.push(Finding::ok(NAME, format!("{server:?} has a session (%p/%c) and a time (%m/%t/%n)")));

@@ -385,12 +385,18 @@ impl Config {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(invalid("export.endpoint", format!("{endpoint:?} must start with http:// or https://")));
         }
-        let mut headers = x.headers.unwrap_or_default();
-        if let Some(h) = env.get("OTEL_EXPORTER_OTLP_HEADERS") {
-            headers.extend(parse_pairs("OTEL_EXPORTER_OTLP_HEADERS", h)?);
-        }
+        // File, then the file's token, then the environment: the
+        // environment wins, as everywhere here. Names are lower-cased (HTTP
+        // and gRPC metadata names are case-insensitive), so `Authorization`
+        // from one place replaces `authorization` from another rather than
+        // both being sent.
+        let lower = |m: BTreeMap<String, String>| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v));
+        let mut headers: BTreeMap<String, String> = lower(x.headers.unwrap_or_default()).collect();
         if let Some(token) = x.bearer_token {
             headers.insert("authorization".into(), format!("Bearer {token}"));
+        }
+        if let Some(h) = env.get("OTEL_EXPORTER_OTLP_HEADERS") {
+            headers.extend(lower(parse_pairs("OTEL_EXPORTER_OTLP_HEADERS", h)?));
         }
         let gzip = match x.compression.as_deref() {
             None | Some("gzip") => true,
@@ -530,6 +536,16 @@ impl Config {
             )),
             None => out.push("log source: off (no [logs] directory or files configured)".to_owned()),
         }
+        if let Some(p) = self.logs.as_ref().and_then(|l| l.prefix.as_ref())
+            && !p.unknown_escapes().is_empty()
+        {
+            let escapes: Vec<String> = p.unknown_escapes().iter().map(|c| format!("%{c}")).collect();
+            out.push(format!(
+                "note: [logs] prefix: {} unknown to this agent, read as any text (PostgreSQL writes nothing for \
+                 an escape it does not know)",
+                escapes.join(" ")
+            ));
+        }
         match &self.database {
             Some(_) => out.push("database source: on ([database] dsn set)".to_owned()),
             None => out.push("database source: off (no [database] dsn or QUERYWATCH_DSN)".to_owned()),
@@ -595,6 +611,11 @@ bearer_token = "s3cret"
         assert_eq!(c.export.headers["x-tenant"], "b");
         assert_eq!(c.export.headers["x-extra"], " spaced");
         assert_eq!(c.resource["deployment.environment"], "staging");
+        // The environment's token beats the file's, whatever its case.
+        let env = Env::from_pairs([("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20rotated")]);
+        let c = Config::resolve(parse(FILE), &env, &Overrides::default()).unwrap();
+        assert_eq!(c.export.headers["authorization"], "Bearer rotated");
+        assert_eq!(c.export.headers.keys().filter(|k| k.eq_ignore_ascii_case("authorization")).count(), 1);
         let flags = Overrides { endpoint: Some("https://from-flag:4317".into()), ..Overrides::default() };
         let c = Config::resolve(parse(FILE), &env, &flags).unwrap();
         assert_eq!(c.export.endpoint, "https://from-flag:4317");
@@ -611,7 +632,6 @@ bearer_token = "s3cret"
             ("node = \"n\"", "nothing to watch"),
             ("node = \"n\"\nbogus = 1\n[logs]\ndirectory = \"/x\"", "unknown field"),
             ("node = \"n\"\n[logs]\ndirectory = \"/x\"\nformat = \"xml\"", "logs.format"),
-            ("node = \"n\"\n[logs]\ndirectory = \"/x\"\nprefix = \"%z\"", "unknown escape"),
             ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\nendpoint = \"collector:4317\"", "http://"),
             ("node = \"n\"\n[logs]\ndirectory = \"/x\"\n[export]\nprotocol = \"thrift\"", "grpc or http/protobuf"),
             (

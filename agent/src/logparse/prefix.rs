@@ -18,10 +18,6 @@ use std::ops::Range;
 /// An error in the `log_line_prefix` setting given to us.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PrefixError {
-    #[error(
-        "log_line_prefix {prefix:?}: unknown escape %{escape} at byte {at} (see PostgreSQL's log_line_prefix documentation)"
-    )]
-    UnknownEscape { prefix: String, escape: char, at: usize },
     #[error("log_line_prefix {prefix:?} ends with a lone '%'")]
     TrailingPercent { prefix: String },
 }
@@ -47,6 +43,9 @@ enum Field {
     SessionStart,
     Vxid,
     Xid,
+    /// An escape this agent does not know (PostgreSQL ignores unknown
+    /// ones, and a newer release may add one): text of any shape, or none.
+    Unknown,
 }
 
 impl Field {
@@ -61,6 +60,7 @@ impl Field {
                 | Field::BackendType
                 | Field::CommandTag
                 | Field::Vxid
+                | Field::Unknown
         )
     }
 }
@@ -124,6 +124,8 @@ pub struct Prefix {
     items: Vec<Item>,
     /// No known prefix: find the label, take what can be recognized before it.
     heuristic: bool,
+    /// Escapes read as text of any shape (see [`Prefix::unknown_escapes`]).
+    unknown: Vec<char>,
 }
 
 /// The source string of the heuristic prefix (see [`Prefix::heuristic`]).
@@ -141,6 +143,7 @@ impl Prefix {
         let bytes = prefix.as_bytes();
         let mut items: Vec<Item> = Vec::new();
         let mut lit = Vec::new();
+        let mut unknown = Vec::new();
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -149,7 +152,6 @@ impl Prefix {
                 i += 1;
                 continue;
             }
-            let at = i;
             i += 1;
             // Optional padding: -?digits
             let mut pad: i32 = 0;
@@ -194,11 +196,12 @@ impl Prefix {
                 b'v' => Some(Field::Vxid),
                 b'x' => Some(Field::Xid),
                 other => {
-                    return Err(PrefixError::UnknownEscape {
-                        prefix: prefix.to_owned(),
-                        escape: char::from(other),
-                        at,
-                    });
+                    // PostgreSQL writes nothing for an escape it does not
+                    // know, and a later release may write something for
+                    // one this agent does not know: either way the server
+                    // runs with it, so the agent must too.
+                    unknown.push(char::from(other));
+                    Some(Field::Unknown)
                 }
             };
             if !lit.is_empty() {
@@ -212,7 +215,7 @@ impl Prefix {
         if !lit.is_empty() {
             items.push(Item::Literal(lit));
         }
-        Ok(Prefix { source: prefix.to_owned(), items, heuristic: false })
+        Ok(Prefix { source: prefix.to_owned(), items, heuristic: false, unknown })
     }
 
     /// A prefix for logs whose `log_line_prefix` is unknown: a line is an
@@ -220,8 +223,15 @@ impl Prefix {
     /// space within its first bytes; a leading timestamp and the first
     /// `[pid]` are taken, user and database are not known. Degraded, but it
     /// reads any prefix that ends with a space, which pgbadger cannot.
+    /// Escapes of the setting this agent does not know, read as text of
+    /// any shape (PostgreSQL writes nothing for them, or a later release
+    /// something).
+    pub fn unknown_escapes(&self) -> &[char] {
+        &self.unknown
+    }
+
     pub fn heuristic() -> Prefix {
-        Prefix { source: HEURISTIC.to_owned(), items: Vec::new(), heuristic: true }
+        Prefix { source: HEURISTIC.to_owned(), items: Vec::new(), heuristic: true, unknown: Vec::new() }
     }
 
     pub fn is_heuristic(&self) -> bool {
@@ -675,7 +685,17 @@ mod tests {
 
     #[test]
     fn bad_prefixes_are_reported() {
-        assert!(matches!(Prefix::compile("%m %z"), Err(PrefixError::UnknownEscape { escape: 'z', .. })));
+        // An escape PostgreSQL does not know writes nothing; one a later
+        // release adds writes something: both lines match.
+        let p = Prefix::compile("%m [%p] %z%u@%d ").unwrap();
+        assert_eq!(p.unknown_escapes(), ['z']);
+        for line in [
+            &b"2026-11-24 09:01:10.123 UTC [42] bob@shop LOG:  x"[..],
+            b"2026-11-24 09:01:10.123 UTC [42] 10.1.2.3bob@shop LOG:  x",
+        ] {
+            let m = p.matches(line).unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(line)));
+            assert_eq!(m.fields.pid, Some(42));
+        }
         assert!(matches!(Prefix::compile("%m %"), Err(PrefixError::TrailingPercent { .. })));
         assert_eq!(m("100%% %p ", "100% 12 LOG:  x").unwrap().fields.pid, Some(12));
     }
