@@ -52,8 +52,8 @@ pub fn partitions(s: &Snapshot) -> Vec<ParentLoad> {
         let d = &t.delta;
         groups.entry((t.node.clone(), t.database.clone(), t.parent.clone())).or_default().push(PartitionLoad {
             relation: t.relation.clone(),
-            scans: d.seq_scan + d.idx_scan,
-            tuples: d.seq_tup_read + d.n_tup_ins + d.n_tup_upd + d.n_tup_del,
+            scans: d.seq_scan.saturating_add(d.idx_scan),
+            tuples: d.seq_tup_read.saturating_add(d.n_tup_ins).saturating_add(d.n_tup_upd).saturating_add(d.n_tup_del),
             scan_share: 0.0,
             tuple_share: 0.0,
             size_bytes: d.size_bytes,
@@ -68,7 +68,12 @@ pub fn partitions(s: &Snapshot) -> Vec<ParentLoad> {
                 p.scan_share = share(p.scans, scans);
                 p.tuple_share = share(p.tuples, tuples);
             }
-            parts.sort_by(|a, b| (b.scans + b.tuples).cmp(&(a.scans + a.tuples)).then(a.relation.cmp(&b.relation)));
+            parts.sort_by(|a, b| {
+                b.scans
+                    .saturating_add(b.tuples)
+                    .cmp(&a.scans.saturating_add(a.tuples))
+                    .then(a.relation.cmp(&b.relation))
+            });
             let max = parts.first().map_or(0, |p| p.scans + p.tuples);
             // Over the partitions with load, as the hot-partition detector
             // counts them (the others only had their block reads move).

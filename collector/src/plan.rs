@@ -50,9 +50,14 @@ pub struct SeqScan {
     pub parallel: bool,
     /// The filter expression as the plan shows it (masked upstream).
     pub filter: Option<String>,
-    /// Columns the filter references, alias prefix removed, in order of first
-    /// appearance: the index candidates.
+    /// Columns of this relation the filter references, alias prefix
+    /// removed, in order of first appearance (another table's, in a
+    /// correlated or LATERAL filter, are left out).
     pub filter_columns: Vec<String>,
+    /// The columns a plain index could serve the filter with, in the order
+    /// it needs them: those compared for equality first, then ranges. See
+    /// [`index_columns`].
+    pub index_columns: Vec<String>,
     /// Rows the scan returned, **summed over all loops** (EXPLAIN prints a
     /// per-loop average; see the module doc). None: not analyzed.
     pub actual_rows: Option<u64>,
@@ -257,12 +262,15 @@ impl Tree {
             (Some(actual), Some(_)) => Some(count(node.rows_removed_by_filter.unwrap_or(0.0) * actual.loops)),
             _ => None,
         };
+        let alias = node.alias.clone().unwrap_or_else(|| name.clone());
+        let own = [alias.as_str(), name.as_str()];
         SeqScan {
-            relation,
-            alias: node.alias.clone().unwrap_or(name),
             parallel: node.name.starts_with("Parallel "),
             filter: node.filter.clone(),
-            filter_columns: node.filter.as_deref().map(filter_columns).unwrap_or_default(),
+            filter_columns: node.filter.as_deref().map(|f| columns_of(f, &own)).unwrap_or_default(),
+            index_columns: node.filter.as_deref().map(|f| index_columns(f, &own)).unwrap_or_default(),
+            relation,
+            alias,
             actual_rows: node.actual.map(|a| count(a.rows * a.loops)),
             rows_removed_by_filter: removed,
             loops: node.actual.map(|a| count(a.loops)),
@@ -757,6 +765,13 @@ fn unquote(name: &str) -> String {
 /// zone` and friends), the collation after `COLLATE`, string literals, numbers,
 /// placeholders `$n`, `true`/`false`, `hashed`, and field selections `(x).f`.
 pub fn filter_columns(expr: &str) -> Vec<String> {
+    columns_of(expr, &[])
+}
+
+/// [`filter_columns`] of the relation known by the names in `own` (its
+/// alias and its name): a qualified column of another relation (`c.id` in
+/// a scan of `orders o`) is not one. Empty `own`: every column.
+fn columns_of(expr: &str, own: &[&str]) -> Vec<String> {
     let bytes = expr.as_bytes();
     let mut columns: Vec<String> = Vec::new();
     let mut i = 0;
@@ -798,10 +813,15 @@ pub fn filter_columns(expr: &str) -> Vec<String> {
                     continue;
                 }
                 if has_upper_unquoted {
-                    // Keywords. COLLATE is followed by a collation name.
-                    if last == "COLLATE" {
+                    // Keywords. COLLATE is followed by a collation name,
+                    // `EXTRACT(` by a field name (`year FROM created_at`).
+                    if last == "COLLATE" || (last == "EXTRACT" && next == Some(b'(')) {
                         skip_name = true;
                     }
+                    continue;
+                }
+                let qualifier = parts.len().checked_sub(2).map(|q| parts[q].as_str());
+                if qualifier.is_some_and(|q| !own.is_empty() && !own.contains(&q)) {
                     continue;
                 }
                 // E'…', B'…', X'…' prefixes are upper case and skipped above.
@@ -818,6 +838,157 @@ pub fn filter_columns(expr: &str) -> Vec<String> {
         }
     }
     columns
+}
+
+/// The columns of the relation named by `own` that a plain index could
+/// serve the filter `expr` with, equality first, then ranges: an index
+/// is used from its first column, and a range ends what it can use.
+///
+/// The filter is read as PostgreSQL prints it: conditions joined by `AND`,
+/// each `(left OP right)`. A condition counts when one side is a bare
+/// column (a cast or a function around it, `lower(name)`, needs an
+/// expression index, which is not guessed) and the operator is one a
+/// B-tree serves: `=`, `= ANY`, `IS NULL` (equality); `<`, `<=`, `>`,
+/// `>=` (range). `<>`, `NOT`, `IS NOT NULL`, `LIKE` (`~~`) and `OR` do
+/// not count.
+pub fn index_columns(expr: &str, own: &[&str]) -> Vec<String> {
+    let (mut equal, mut range): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut conjuncts = vec![unwrap_parens(expr)];
+    while let Some(c) = conjuncts.pop() {
+        let parts = split_top(c, " AND ");
+        if parts.len() > 1 {
+            conjuncts.extend(parts.into_iter().rev().map(unwrap_parens));
+            continue;
+        }
+        let Some((column, equality)) = indexable(c, own) else { continue };
+        let list = if equality { &mut equal } else { &mut range };
+        if !list.contains(&column) {
+            list.push(column);
+        }
+    }
+    range.retain(|c| !equal.contains(c));
+    // Conditions come off the stack in reverse; the plan's order is kept.
+    equal.extend(range);
+    equal
+}
+
+/// The column and whether it is compared for equality, when the condition
+/// `c` is one a plain index on that column serves (see [`index_columns`]).
+fn indexable(c: &str, own: &[&str]) -> Option<(String, bool)> {
+    if split_top(c, " OR ").len() > 1 || c.starts_with("NOT ") {
+        return None;
+    }
+    if let Some(left) = c.strip_suffix(" IS NULL") {
+        return bare_column(left, own).map(|col| (col, true));
+    }
+    const OPERATORS: [(&str, bool); 6] =
+        [(" = ANY ", true), (" = ", true), (" <= ", false), (" >= ", false), (" < ", false), (" > ", false)];
+    for (op, equality) in OPERATORS {
+        let sides = split_top(c, op);
+        if sides.len() != 2 {
+            continue;
+        }
+        let column =
+            bare_column(sides[0], own).or_else(|| if op == " = ANY " { None } else { bare_column(sides[1], own) });
+        return column.map(|col| (col, equality));
+    }
+    None
+}
+
+/// The column `s` names when it is nothing else: a name, qualified by one
+/// of `own` or not, maybe in parentheses.
+fn bare_column(s: &str, own: &[&str]) -> Option<String> {
+    let s = unwrap_parens(s.trim());
+    if !s.as_bytes().first().is_some_and(|&b| is_ident_start(b) || b == b'"') {
+        return None;
+    }
+    let (parts, end, has_upper, dangling) = read_name(s, 0);
+    if end != s.len() || has_upper || dangling || parts.len() > 2 {
+        return None;
+    }
+    let column = parts.last()?.clone();
+    if parts.len() == 2 && !own.contains(&parts[0].as_str()) || matches!(column.as_str(), "true" | "false") {
+        return None;
+    }
+    Some(column)
+}
+
+/// `s` without the parentheses around all of it.
+fn unwrap_parens(mut s: &str) -> &str {
+    loop {
+        s = s.trim();
+        if !(s.len() >= 2 && s.starts_with('(') && s.ends_with(')') && encloses(s)) {
+            return s;
+        }
+        s = &s[1..s.len() - 1];
+    }
+}
+
+/// Whether the parenthesis opening `s` is the one closing it (`(a) = (b)`
+/// starts and ends with one, but they are no pair).
+fn encloses(s: &str) -> bool {
+    let mut depth = 0i32;
+    for (i, (b, quoted)) in scan(s).enumerate() {
+        if quoted {
+            continue;
+        }
+        depth += i32::from(b == b'(') - i32::from(b == b')');
+        if depth == 0 && i + 1 < s.len() {
+            return false;
+        }
+    }
+    true
+}
+
+/// `s` split at each `sep` outside parentheses and quotes.
+fn split_top<'a>(s: &'a str, sep: &str) -> Vec<&'a str> {
+    let (bytes, sep_b) = (s.as_bytes(), sep.as_bytes());
+    let mut out = Vec::new();
+    let (mut depth, mut from) = (0i32, 0);
+    let mut quoted = false;
+    let mut quote = 0u8;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if quoted {
+            if b == quote {
+                quoted = false;
+            }
+        } else if b == b'\'' || b == b'"' {
+            quoted = true;
+            quote = b;
+        } else if depth == 0 && bytes[i..].starts_with(sep_b) {
+            out.push(&s[from..i]);
+            i += sep_b.len();
+            from = i;
+            continue;
+        } else if b == b'(' {
+            depth += 1;
+        } else if b == b')' {
+            depth -= 1;
+        }
+        i += 1;
+    }
+    out.push(&s[from..]);
+    out
+}
+
+/// Each byte of `s` and whether it is inside quotes (`'…'` or `"…"`).
+fn scan(s: &str) -> impl Iterator<Item = (u8, bool)> + '_ {
+    let mut quote: Option<u8> = None;
+    s.bytes().map(move |b| match quote {
+        Some(q) => {
+            if b == q {
+                quote = None;
+            }
+            (b, true)
+        }
+        None if b == b'\'' || b == b'"' => {
+            quote = Some(b);
+            (b, true)
+        }
+        None => (b, false),
+    })
 }
 
 fn is_ident_start(b: u8) -> bool {
@@ -907,6 +1078,15 @@ fn skip_type_words(expr: &str, mut i: usize, first: &str) -> usize {
     let bytes = expr.as_bytes();
     let mut previous = first.to_owned();
     loop {
+        // A type modifier: `timestamp(0) without time zone`, `numeric(10,2)`.
+        if bytes.get(i) == Some(&b'(') {
+            let close = bytes[i..].iter().position(|&b| b == b')').map(|n| i + n);
+            if let Some(close) = close
+                && bytes[i + 1..close].iter().all(|b| b.is_ascii_digit() || *b == b',' || *b == b' ')
+            {
+                i = close + 1;
+            }
+        }
         let mut j = i;
         while bytes.get(j) == Some(&b' ') {
             j += 1;
@@ -1159,10 +1339,43 @@ mod tests {
             ("((t.*)::text = $1)", &[]),
             ("((t.rec).field = $1)", &["rec"]),
             ("(a.x = b.x)", &["x"]),
+            // PostgreSQL 14+ prints extract() so; the field is no column.
+            ("(EXTRACT(year FROM created_at) = $1::numeric)", &["created_at"]),
+            ("(ts > (now())::timestamp(0) without time zone)", &["ts"]),
+            ("(t.v = $1::numeric(10,2))", &["v"]),
             ("", &[]),
         ];
         for (expr, expected) in cases {
             assert_eq!(filter_columns(expr), *expected, "{expr}");
+        }
+        // In a scan of orders o, c.id (a LATERAL or correlated reference) is
+        // another table's column.
+        assert_eq!(columns_of("(o.customer_id = c.id)", &["o", "orders"]), ["customer_id"]);
+    }
+
+    #[test]
+    fn index_columns_put_equality_first_and_leave_out_what_no_index_serves() {
+        let own = ["o", "orders"];
+        let cases: &[(&str, &[&str])] = &[
+            ("((o.note <> $1::text) AND (o.customer_id = $2))", &["customer_id"]),
+            ("((o.day >= $1) AND (o.kind = $2::text))", &["kind", "day"]),
+            ("((o.a = $1) AND (o.b > $2) AND (o.c = ANY ($3::integer[])))", &["a", "c", "b"]),
+            ("(lower(o.name) = $1)", &[]),
+            ("((o.a)::text = $1)", &[]),
+            ("((o.a = $1) OR (o.b = $2))", &[]),
+            ("((o.deleted_at IS NULL) AND (o.region = $1))", &["deleted_at", "region"]),
+            ("(o.deleted_at IS NOT NULL)", &[]),
+            ("(NOT o.flag)", &[]),
+            ("(o.note ~~ $1::text)", &[]),
+            ("(o.customer_id = c.id)", &["customer_id"]),
+            ("($1 = o.customer_id)", &["customer_id"]),
+            ("(c.id = $1)", &[]),
+            ("((o.note = 'a = b AND c'::text) AND (o.\"Kind\" = $1))", &["note", "Kind"]),
+            ("(o.a < o.b)", &["a"]),
+            ("", &[]),
+        ];
+        for (expr, expected) in cases {
+            assert_eq!(index_columns(expr, &own), *expected, "{expr}");
         }
     }
 

@@ -11,6 +11,7 @@
 use super::{DetectorConfig, Draft, Finding, Kind, Severity, fp_subject, ms, short};
 use crate::plan::{NestedLoop, SeqScan, Spill, analyze_plan};
 use crate::snapshot::{FingerprintRow, Snapshot};
+use crate::store::OVERFLOW_FINGERPRINT;
 use serde_json::{Map, json};
 
 /// The node whose row holds the plan (the merged row keeps the slowest).
@@ -24,7 +25,9 @@ fn plan_node(snap: &Snapshot, row: &FingerprintRow) -> Option<String> {
 }
 
 pub(crate) fn plan_problems(snap: &Snapshot, fps: &[FingerprintRow], cfg: &DetectorConfig, out: &mut Vec<Finding>) {
-    for row in fps {
+    // `<other>` merges the plans of statements past the caps: a plan there
+    // belongs to no statement anyone can look up.
+    for row in fps.iter().filter(|r| r.fingerprint != OVERFLOW_FINGERPRINT) {
         let Some(plan) = &row.stats.slowest_plan else { continue };
         // A plan that cannot be read is no finding (the API shows it raw).
         let Ok(p) = analyze_plan(&plan.plan) else { continue };
@@ -88,18 +91,108 @@ fn removed(s: &SeqScan) -> u64 {
 
 fn filters_most_rows(s: &SeqScan, cfg: &DetectorConfig) -> bool {
     let (removed, kept) = (removed(s), s.actual_rows.unwrap_or(0));
-    let scanned = removed + kept;
+    let scanned = removed.saturating_add(kept);
     removed >= cfg.seq_scan_min_rows_removed
         && scanned > 0
         && removed as f64 / scanned as f64 >= cfg.seq_scan_min_removed_fraction
 }
 
+/// The index to try: on the columns a plain index serves the filter with,
+/// equality ones first (`crate::plan::index_columns`), as SQL that runs.
 fn index_candidate(s: &SeqScan) -> String {
-    if s.filter_columns.is_empty() {
+    if s.index_columns.is_empty() {
         format!("Add an index matching the filter on {}.", s.relation)
     } else {
-        format!("CREATE INDEX ON {} ({});", s.relation, s.filter_columns.join(", "))
+        let columns: Vec<String> = s.index_columns.iter().map(|c| quote_ident(c)).collect();
+        let relation: Vec<String> = s.relation.split('.').map(quote_ident).collect();
+        format!("CREATE INDEX ON {} ({});", relation.join("."), columns.join(", "))
     }
+}
+
+/// `name` as PostgreSQL reads it back: as it is when lower case and no
+/// keyword, else double-quoted (`"CustomerId"`, `"order"`).
+fn quote_ident(name: &str) -> String {
+    const RESERVED: &[&str] = &[
+        "all",
+        "analyse",
+        "analyze",
+        "and",
+        "any",
+        "array",
+        "as",
+        "asc",
+        "both",
+        "case",
+        "cast",
+        "check",
+        "collate",
+        "column",
+        "constraint",
+        "create",
+        "current_date",
+        "current_role",
+        "current_time",
+        "current_timestamp",
+        "current_user",
+        "default",
+        "deferrable",
+        "desc",
+        "distinct",
+        "do",
+        "else",
+        "end",
+        "except",
+        "false",
+        "fetch",
+        "for",
+        "foreign",
+        "from",
+        "grant",
+        "group",
+        "having",
+        "in",
+        "initially",
+        "intersect",
+        "into",
+        "lateral",
+        "leading",
+        "limit",
+        "localtime",
+        "localtimestamp",
+        "not",
+        "null",
+        "offset",
+        "on",
+        "only",
+        "or",
+        "order",
+        "placing",
+        "primary",
+        "references",
+        "returning",
+        "select",
+        "session_user",
+        "some",
+        "symmetric",
+        "table",
+        "then",
+        "to",
+        "trailing",
+        "true",
+        "union",
+        "unique",
+        "user",
+        "using",
+        "variadic",
+        "when",
+        "where",
+        "window",
+        "with",
+    ];
+    let plain = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !RESERVED.contains(&name);
+    if plain { name.to_owned() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
 }
 
 fn seq_scan_finding(ctx: &Ctx<'_>, scans: &[&SeqScan], out: &mut Vec<Finding>) {
@@ -107,7 +200,7 @@ fn seq_scan_finding(ctx: &Ctx<'_>, scans: &[&SeqScan], out: &mut Vec<Finding>) {
         return;
     };
     let (removed, kept) = (removed(worst), worst.actual_rows.unwrap_or(0));
-    let scanned = removed + kept;
+    let scanned = removed.saturating_add(kept);
     let cols = worst.filter_columns.join(", ");
     let mut ev = ctx.evidence();
     ev.insert("relation".into(), json!(worst.relation));
@@ -127,7 +220,7 @@ fn seq_scan_finding(ctx: &Ctx<'_>, scans: &[&SeqScan], out: &mut Vec<Finding>) {
             .collect();
         ev.insert("other_scans".into(), json!(others));
     }
-    let action = if worst.filter_columns.is_empty() && candidates.len() == 1 {
+    let action = if worst.index_columns.is_empty() && candidates.len() == 1 {
         candidates.remove(0)
     } else {
         format!("Index candidate: {}", candidates.join(" "))
@@ -214,8 +307,25 @@ mod tests {
             assert_eq!(f.evidence["filter_columns"], json!(["note", "customer_id"]));
             assert_eq!(f.evidence["rows_removed_by_filter"], json!(99990));
             assert_eq!(f.evidence["plan_node"], json!("n1"));
-            assert_eq!(f.action, "Index candidate: CREATE INDEX ON public.orders (note, customer_id);");
+            // `note <> $1` is no index condition: the candidate is customer_id.
+            assert_eq!(f.action, "Index candidate: CREATE INDEX ON public.orders (customer_id);");
         }
+    }
+
+    #[test]
+    fn the_candidate_is_sql_that_runs() {
+        assert_eq!(quote_ident("customer_id"), "customer_id");
+        assert_eq!(quote_ident("CustomerId"), "\"CustomerId\"");
+        assert_eq!(quote_ident("order"), "\"order\"");
+        assert_eq!(quote_ident("my \"odd\" col"), "\"my \"\"odd\"\" col\"");
+        assert_eq!(quote_ident("1st"), "\"1st\"");
+    }
+
+    #[test]
+    fn no_plan_finding_for_the_overflow_row() {
+        let other = querywatch_wire::names::OVERFLOW_TEXT;
+        let s = Snap::new().plan("n1", other, 40, fixture!("seqscan_filter.txt")).build();
+        assert!(run(&s).is_empty(), "{:#?}", run(&s));
     }
 
     #[test]

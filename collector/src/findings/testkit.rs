@@ -9,8 +9,12 @@ use querywatch_wire::stats::{PlanSample, StatementStats};
 use std::time::Duration;
 
 /// A test fingerprint of `text`: FNV-1a (pg_query is not needed to tell
-/// test statements apart), never the overflow fingerprint 0.
+/// test statements apart), never the overflow fingerprint 0 but for the
+/// overflow text `<other>`, as the store does.
 pub fn fp_of(text: &str) -> Fingerprint {
+    if text == querywatch_wire::names::OVERFLOW_TEXT {
+        return crate::store::OVERFLOW_FINGERPRINT;
+    }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         h ^= u64::from(b);
