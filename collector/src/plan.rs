@@ -857,6 +857,7 @@ pub fn index_columns(expr: &str, own: &[&str]) -> Vec<String> {
     while let Some(c) = conjuncts.pop() {
         let parts = split_top(c, " AND ");
         if parts.len() > 1 {
+            // Reversed onto the stack, so they come off in the plan's order.
             conjuncts.extend(parts.into_iter().rev().map(unwrap_parens));
             continue;
         }
@@ -867,7 +868,6 @@ pub fn index_columns(expr: &str, own: &[&str]) -> Vec<String> {
         }
     }
     range.retain(|c| !equal.contains(c));
-    // Conditions come off the stack in reverse; the plan's order is kept.
     equal.extend(range);
     equal
 }
@@ -907,7 +907,7 @@ fn bare_column(s: &str, own: &[&str]) -> Option<String> {
         return None;
     }
     let column = parts.last()?.clone();
-    if parts.len() == 2 && !own.contains(&parts[0].as_str()) || matches!(column.as_str(), "true" | "false") {
+    if (parts.len() == 2 && !own.contains(&parts[0].as_str())) || matches!(column.as_str(), "true" | "false") {
         return None;
     }
     Some(column)
@@ -942,32 +942,17 @@ fn encloses(s: &str) -> bool {
 
 /// `s` split at each `sep` outside parentheses and quotes.
 fn split_top<'a>(s: &'a str, sep: &str) -> Vec<&'a str> {
-    let (bytes, sep_b) = (s.as_bytes(), sep.as_bytes());
     let mut out = Vec::new();
     let (mut depth, mut from) = (0i32, 0);
-    let mut quoted = false;
-    let mut quote = 0u8;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if quoted {
-            if b == quote {
-                quoted = false;
-            }
-        } else if b == b'\'' || b == b'"' {
-            quoted = true;
-            quote = b;
-        } else if depth == 0 && bytes[i..].starts_with(sep_b) {
-            out.push(&s[from..i]);
-            i += sep_b.len();
-            from = i;
+    for (i, (b, quoted)) in scan(s).enumerate() {
+        if quoted || i < from {
             continue;
-        } else if b == b'(' {
-            depth += 1;
-        } else if b == b')' {
-            depth -= 1;
         }
-        i += 1;
+        if depth == 0 && s.as_bytes()[i..].starts_with(sep.as_bytes()) {
+            out.push(&s[from..i]);
+            from = i + sep.len();
+        }
+        depth += i32::from(b == b'(') - i32::from(b == b')');
     }
     out.push(&s[from..]);
     out
