@@ -393,8 +393,9 @@ impl Aggregator {
 /// PL/pgSQL names the statement (`… at RAISE`), and the other languages
 /// (`PL/Python function "f"`, PL/Perl, PL/Tcl) raise their own errors with
 /// their own text, so any error with one of them in its context is taken
-/// for the application's. Class 38 (external routine exception) is
-/// the code those languages use. Server errors inside a PL/pgSQL function
+/// for the application's, and so is class 38 (external routine
+/// exception), the SQL standard's class for errors of external routines.
+/// Server errors inside a PL/pgSQL function
 /// (`division by zero`, context `… at assignment`) are kept. With
 /// `log_error_verbosity = terse` no context is logged, and only the
 /// SQLSTATE can tell.
