@@ -662,81 +662,69 @@ mod export {
         }
     }
 
+    /// An outage (UNAVAILABLE, 503) and a refused token (UNAUTHENTICATED,
+    /// 401: the request refused, not the data) are both retried until the
+    /// batch is taken, never dropped.
     #[tokio::test]
     async fn retryable_errors_are_retried_then_succeed() {
         for protocol in PROTOCOLS {
-            let collector = Arc::new(Collector::default());
-            let addr = free_addr().await;
-            let server = Server::start(protocol, collector.clone(), addr).await;
-            let state = tempfile::tempdir().unwrap();
-            let options =
-                Options { retry: RetryPolicy { max_elapsed: Duration::from_secs(5), ..options().retry }, ..options() };
-            let (h, mut rx) = start(&config(protocol, addr, true, 1 << 20), state.path(), options);
-            // Metrics fail twice; the retry sends metrics only until they are
-            // in, then logs: no part is sent twice.
-            collector.script([Reply::Unavailable, Reply::Unavailable]);
-            submit_all(&h, [0]).await;
-            assert_eq!(receipt(&mut rx).await.outcome, Outcome::Acked, "{protocol:?}");
-            let seen: Vec<_> = collector.seen().iter().map(|s| s.signal).collect();
-            assert_eq!(seen, ["metrics", "metrics", "metrics", "logs"], "{protocol:?}");
-            assert_eq!((collector.metrics_numbers(), collector.logs_numbers()), (vec![0], vec![0]));
-            let c = h.shutdown().await;
-            assert_eq!((c.retries, c.requests, c.batches_acked, c.spooled_batches), (2, 4, 1, 0), "{protocol:?}");
-            server.stop().await;
-        }
-    }
-
-    /// A wrong or rotated token refuses the request, not the data: the
-    /// batch is sent again (and would wait in the spool), not dropped.
-    #[tokio::test]
-    async fn a_refused_token_is_retried_until_it_is_taken() {
-        for protocol in PROTOCOLS {
-            let collector = Arc::new(Collector::default());
-            let addr = free_addr().await;
-            let server = Server::start(protocol, collector.clone(), addr).await;
-            let state = tempfile::tempdir().unwrap();
-            let options =
-                Options { retry: RetryPolicy { max_elapsed: Duration::from_secs(5), ..options().retry }, ..options() };
-            let (h, mut rx) = start(&config(protocol, addr, true, 1 << 20), state.path(), options);
-            collector.script([Reply::Unauthenticated, Reply::Unauthenticated]);
-            submit_all(&h, [0]).await;
-            assert_eq!(receipt(&mut rx).await.outcome, Outcome::Acked, "{protocol:?}");
-            assert_eq!((collector.metrics_numbers(), collector.logs_numbers()), (vec![0], vec![0]));
-            let c = h.shutdown().await;
-            assert_eq!((c.permanent_failures, c.retries, c.batches_acked), (0, 2, 1), "{protocol:?}");
-            server.stop().await;
+            for reply in [Reply::Unavailable, Reply::Unauthenticated] {
+                let collector = Arc::new(Collector::default());
+                let addr = free_addr().await;
+                let server = Server::start(protocol, collector.clone(), addr).await;
+                let state = tempfile::tempdir().unwrap();
+                let options = Options {
+                    retry: RetryPolicy { max_elapsed: Duration::from_secs(5), ..options().retry },
+                    ..options()
+                };
+                let (h, mut rx) = start(&config(protocol, addr, true, 1 << 20), state.path(), options);
+                // Metrics fail twice; the retry sends metrics only until they
+                // are in, then logs: no part is sent twice.
+                collector.script([reply, reply]);
+                submit_all(&h, [0]).await;
+                assert_eq!(receipt(&mut rx).await.outcome, Outcome::Acked, "{protocol:?} {reply:?}");
+                let seen: Vec<_> = collector.seen().iter().map(|s| s.signal).collect();
+                assert_eq!(seen, ["metrics", "metrics", "metrics", "logs"], "{protocol:?} {reply:?}");
+                assert_eq!((collector.metrics_numbers(), collector.logs_numbers()), (vec![0], vec![0]));
+                let c = h.shutdown().await;
+                assert_eq!(
+                    (c.retries, c.requests, c.batches_acked, c.spooled_batches, c.permanent_failures),
+                    (2, 4, 1, 0, 0),
+                    "{protocol:?} {reply:?}"
+                );
+                server.stop().await;
+            }
         }
     }
 
     #[tokio::test]
     async fn permanent_errors_are_not_retried_and_counted() {
         for protocol in PROTOCOLS {
-            for (reply, status) in [(Reply::InvalidArgument, ["gRPC INVALID_ARGUMENT", "HTTP 400"])] {
-                let collector = Arc::new(Collector::default());
-                let addr = free_addr().await;
-                let server = Server::start(protocol, collector.clone(), addr).await;
-                let state = tempfile::tempdir().unwrap();
-                let (h, mut rx) = start(&config(protocol, addr, true, 1 << 20), state.path(), options());
-                collector.script([reply]);
-                submit_all(&h, [0, 1]).await;
-                let r = receipt(&mut rx).await;
-                let want = status[usize::from(protocol == Protocol::HttpProtobuf)];
-                match &r.outcome {
-                    Outcome::Rejected { status, message } => {
-                        assert_eq!(status, want);
-                        assert_eq!(message, "malformed data point");
-                    }
-                    other => panic!("{protocol:?} {reply:?}: {other:?}"),
+            let (reply, status) = (Reply::InvalidArgument, ["gRPC INVALID_ARGUMENT", "HTTP 400"]);
+            let collector = Arc::new(Collector::default());
+            let addr = free_addr().await;
+            let server = Server::start(protocol, collector.clone(), addr).await;
+            let state = tempfile::tempdir().unwrap();
+            let (h, mut rx) = start(&config(protocol, addr, true, 1 << 20), state.path(), options());
+            collector.script([reply]);
+            submit_all(&h, [0, 1]).await;
+            let r = receipt(&mut rx).await;
+            let want = status[usize::from(protocol == Protocol::HttpProtobuf)];
+            match &r.outcome {
+                Outcome::Rejected { status, message } => {
+                    assert_eq!(status, want);
+                    assert_eq!(message, "malformed data point");
                 }
-                assert_eq!(r.watermark, 0);
-                // The next batch is unaffected.
-                assert_eq!(receipt(&mut rx).await, Receipt { watermark: 1, outcome: Outcome::Acked });
-                let seen: Vec<_> = collector.seen().iter().map(|s| s.signal).collect();
-                assert_eq!(seen, ["metrics", "metrics", "logs"], "{protocol:?} {reply:?}: tried once, not retried");
-                let c = h.shutdown().await;
-                assert_eq!((c.permanent_failures, c.retries, c.spooled_batches, c.batches_acked), (1, 0, 0, 1));
-                server.stop().await;
+                other => panic!("{protocol:?} {reply:?}: {other:?}"),
             }
+            assert_eq!(r.watermark, 0);
+            // The next batch is unaffected.
+            assert_eq!(receipt(&mut rx).await, Receipt { watermark: 1, outcome: Outcome::Acked });
+            let seen: Vec<_> = collector.seen().iter().map(|s| s.signal).collect();
+            assert_eq!(seen, ["metrics", "metrics", "logs"], "{protocol:?} {reply:?}: tried once, not retried");
+            let c = h.shutdown().await;
+            assert_eq!((c.permanent_failures, c.retries, c.spooled_batches, c.batches_acked), (1, 0, 0, 1));
+            server.stop().await;
         }
     }
 

@@ -316,12 +316,7 @@ fn stats_poll_reset_and_restart_never_go_negative() {
     run_inserts(&cluster, 1, 2);
     restart(&cluster);
     let mut seen = Seen::default();
-    let deadline = Instant::now() + DEADLINE;
-    while get(&health.restarts) == restarts_before {
-        seen.add(rt.block_on(poller.poll_stats()));
-        assert!(Instant::now() < deadline, "restart not detected; notices: {:?}", poller.notices());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(&rt, &mut poller, &mut seen, "the restart", |_| get(&health.restarts) != restarts_before);
     // The 2 inserts before the restart may have been reported before the
     // restart was detected, never more; nothing went negative or doubled.
     assert!(seen.inserts("events_eu") <= 2, "{:#?}", seen.tables);
@@ -388,12 +383,7 @@ fn stats_poll_extension_update_is_a_baseline() {
     // The first poll of the new version: a baseline, nothing reported.
     let mut seen = Seen::default();
     let polls = get(&health.polls);
-    let deadline = Instant::now() + DEADLINE;
-    while get(&health.polls) == polls {
-        seen.add(rt.block_on(poller.poll_stats()));
-        assert!(Instant::now() < deadline, "no poll after the update; notices: {:?}", poller.notices());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(&rt, &mut poller, &mut seen, "a poll after the update", |_| get(&health.polls) != polls);
     assert_eq!(seen.calls(PLAIN_SELECT), 0, "lifetime counters sent as a delta: {:#?}", seen.statements);
     run_selects(&cluster, 11, 4);
     poll_until(&rt, &mut poller, &mut seen, "4 selects on the new version", |s| s.calls(PLAIN_SELECT) >= 4);
