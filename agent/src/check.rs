@@ -229,11 +229,10 @@ pub fn check_prefix(s: &Settings, configured_format: Option<LogFormat>, configur
             out.push(Finding::warn(NAME, format!("cannot be parsed: {e}"), "use the escapes PostgreSQL documents"))
         }
         Ok(p) => {
-            if !p.unknown_escapes().is_empty() {
-                let escapes: Vec<String> = p.unknown_escapes().iter().map(|c| format!("%{c}")).collect();
+            if let Some(escapes) = p.unknown_escapes() {
                 out.push(Finding::warn(
                     NAME,
-                    format!("{server:?}: {} unknown to this agent, read as any text", escapes.join(" ")),
+                    format!("{server:?}: {escapes} unknown to this agent, read as any text"),
                     "nothing, unless lines go unparsed; then drop the escape from log_line_prefix",
                 ));
             }

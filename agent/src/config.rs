@@ -536,14 +536,10 @@ impl Config {
             )),
             None => out.push("log source: off (no [logs] directory or files configured)".to_owned()),
         }
-        if let Some(p) = self.logs.as_ref().and_then(|l| l.prefix.as_ref())
-            && !p.unknown_escapes().is_empty()
-        {
-            let escapes: Vec<String> = p.unknown_escapes().iter().map(|c| format!("%{c}")).collect();
+        if let Some(escapes) = self.logs.as_ref().and_then(|l| l.prefix.as_ref()?.unknown_escapes()) {
             out.push(format!(
-                "note: [logs] prefix: {} unknown to this agent, read as any text (PostgreSQL writes nothing for \
-                 an escape it does not know)",
-                escapes.join(" ")
+                "note: [logs] prefix: {escapes} unknown to this agent, read as any text (PostgreSQL writes nothing \
+                 for an escape it does not know)"
             ));
         }
         match &self.database {

@@ -218,18 +218,19 @@ impl Prefix {
         Ok(Prefix { source: prefix.to_owned(), items, heuristic: false, unknown })
     }
 
+    /// The escapes of the setting this agent does not know, as written
+    /// (`%z %y`), read as text of any shape (PostgreSQL writes nothing for
+    /// them, or a later release something); `None` when it knows them all.
+    pub fn unknown_escapes(&self) -> Option<String> {
+        let shown: Vec<String> = self.unknown.iter().map(|c| format!("%{c}")).collect();
+        (!shown.is_empty()).then(|| shown.join(" "))
+    }
+
     /// A prefix for logs whose `log_line_prefix` is unknown: a line is an
     /// entry when a severity label (`LOG:  `, `DETAIL:  `, …) follows a
     /// space within its first bytes; a leading timestamp and the first
     /// `[pid]` are taken, user and database are not known. Degraded, but it
     /// reads any prefix that ends with a space, which pgbadger cannot.
-    /// Escapes of the setting this agent does not know, read as text of
-    /// any shape (PostgreSQL writes nothing for them, or a later release
-    /// something).
-    pub fn unknown_escapes(&self) -> &[char] {
-        &self.unknown
-    }
-
     pub fn heuristic() -> Prefix {
         Prefix { source: HEURISTIC.to_owned(), items: Vec::new(), heuristic: true, unknown: Vec::new() }
     }
@@ -688,7 +689,8 @@ mod tests {
         // An escape PostgreSQL does not know writes nothing; one a later
         // release adds writes something: both lines match.
         let p = Prefix::compile("%m [%p] %z%u@%d ").unwrap();
-        assert_eq!(p.unknown_escapes(), ['z']);
+        assert_eq!(p.unknown_escapes().as_deref(), Some("%z"));
+        assert_eq!(Prefix::compile("%m [%p] ").unwrap().unknown_escapes(), None);
         for line in [
             &b"2026-11-24 09:01:10.123 UTC [42] bob@shop LOG:  x"[..],
             b"2026-11-24 09:01:10.123 UTC [42] 10.1.2.3bob@shop LOG:  x",
